@@ -1,0 +1,11 @@
+"""Cross-entropy on the observed labels: the harness's reference method."""
+
+from __future__ import annotations
+
+from curvenet.engine.method import Method, register_method
+
+
+@register_method("ce")
+class CrossEntropy(Method):
+    """Plain CE with the recipe's optimiser and schedule (methods.md §3). The base class already
+    implements it; this class gives it its registry name."""

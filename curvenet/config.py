@@ -1,0 +1,94 @@
+"""Compose and validate run configs with Hydra (conf/ in this package)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from curvenet.engine.method import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+GROUPS = ("dataset", "model", "method", "recipe", "experiment")
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _friendly(err: Exception, overrides: Sequence[str]) -> ConfigError:
+    text = str(err)
+    m = re.search(r"Could not find '([\w/]+)/([^']+)'", text)
+    if m:
+        group, name = m.group(1).split("/")[-1], m.group(2)
+        kind = "suite" if group == "experiment" else group
+        return ConfigError(f"unknown {kind} {name!r}; available: {', '.join(group_options(group))}")
+    m = re.search(r"Key '([^']+)' is not in struct", text) or re.search(r"Could not override '([^']+)'", text)
+    if m:
+        return ConfigError(f"unknown config key {m.group(1)!r} in overrides {list(overrides)}; "
+                           "check the spelling (see `curvebench SUITE --dry-run --show-config`)")
+    return ConfigError(f"invalid overrides {list(overrides)}: {text.splitlines()[0] if text else err!r}")
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The run config for ``overrides`` (Hydra override syntax), validated."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="curvebench"):
+            cfg = compose("config", overrides=list(overrides))
+    except (MissingConfigException, ConfigCompositionException, OverrideParseException, HydraException,
+            OmegaConfBaseException) as err:
+        raise _friendly(err, overrides) from None
+    finally:
+        GlobalHydra.instance().clear()
+    validate_config(cfg)
+    return cfg
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Checks that Hydra cannot do for us; each message says what to change."""
+    from curvenet.engine.method import METHODS
+    from curvenet.methods import load_all_methods
+    from curvenet.models import MODELS
+
+    load_all_methods()
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"config cannot be resolved: {err}") from None
+    r = cfg.recipe
+    for key in ("epochs", "batch_size"):
+        value = r[key]
+        _require(isinstance(value, int) and value >= 1, f"recipe.{key} must be a positive integer, got {value!r}")
+    _require(float(r.lr) > 0, f"recipe.lr must be positive, got {r.lr}")
+    _require(all(isinstance(m, int) and m >= 0 for m in r.milestones), "recipe.milestones must be epochs >= 0")
+    _require(cfg.method.name in METHODS, f"unknown method {cfg.method.name!r}; available: {', '.join(METHODS.names())}")
+    _require(cfg.model.name in MODELS, f"unknown model {cfg.model.name!r}; available: {', '.join(MODELS.names())}")
+    _require(isinstance(cfg.seed, int), f"seed must be an integer, got {cfg.seed!r}")
+    lb = cfg.train.limit_batches
+    _require(lb is None or (isinstance(lb, int) and lb >= 1), f"train.limit_batches must be null or >= 1, got {lb!r}")
+    dev = str(cfg.train.device)
+    _require(dev in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", dev) is not None,
+             f"train.device must be auto, cpu, cuda or cuda:N, got {dev!r}")
+    method_cls = METHODS.get(cfg.method.name)
+    _require(not method_cls.needs_meta or int(cfg.split.meta_per_class) > 0,
+             f"method {cfg.method.name!r} needs a clean meta set, but split.meta_per_class is 0; "
+             "set split.meta_per_class to k > 0")
+    check = getattr(method_cls, "check_config", None)
+    if check is not None:
+        check(cfg)
+
+
+def to_dict(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

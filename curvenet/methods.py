@@ -1,0 +1,20 @@
+"""The explicit list of method modules. Importing one registers its methods in ``METHODS``;
+an import error fails loudly instead of silently dropping a method from a suite."""
+
+from __future__ import annotations
+
+import importlib
+
+METHOD_MODULES = (
+    "baselines.ce",
+)
+
+_loaded = False
+
+
+def load_all_methods() -> None:
+    global _loaded
+    if not _loaded:
+        for module in METHOD_MODULES:
+            importlib.import_module(module)
+        _loaded = True

@@ -1,0 +1,253 @@
+"""One run, end to end: data and split -> method -> training -> ``result.json`` or ``failed.json``.
+
+Runs are idempotent: the run directory is a function of the config; a finished run is skipped, an
+interrupted one resumes from its last epoch checkpoint, a failed one is reported (and retried only
+when asked, keeping the earlier failure record).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from curvenet.data import Split, get_split, load_dataset, spec_from_config
+from curvenet.engine.augment import Normalize
+from curvenet.engine.context import CleanLabels, TrainContext
+from curvenet.engine.data import ImageSet, MetaSampler, to_device_images
+from curvenet.engine.evaluate import per_class_accuracy, shot_accuracy, shot_groups
+from curvenet.engine.loop import Interrupted, NonFiniteLoss, Trainer, TrainOutcome
+from curvenet.engine.method import METHODS
+from curvenet.engine.records import (
+    FAILED_FILE, RESULT_FILE, RecordError, atomic_write_text, environment, read_record, write_record,
+)
+from curvenet.methods import load_all_methods
+from curvenet.suites import PlannedRun
+
+ARTIFACTS_FILE = "artifacts.npz"
+HISTORY_FILE = "history.json"
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name} but CUDA is not available; use train.device=cpu or auto")
+    return torch.device(name)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _stream_seed(seed: int, stream: int) -> int:
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def run_status(run_dir: Path) -> str:
+    """done | failed | running-or-interrupted | missing, from the files in ``run_dir``."""
+    if (run_dir / RESULT_FILE).exists():
+        return "done"
+    if (run_dir / FAILED_FILE).exists():
+        return "failed"
+    if (run_dir / "checkpoint.pt").exists() or (run_dir / "config.yaml").exists():
+        return "started"
+    return "missing"
+
+
+def run_planned(plan: PlannedRun, *, progress: bool = False, retry_failed: bool = False,
+                interrupt_after: int | None = None) -> str:
+    """Train ``plan`` unless already finished. Returns "done", "skipped", "failed" or "failed-before"."""
+    run_dir = plan.run_dir
+    result_path, failed_path = run_dir / RESULT_FILE, run_dir / FAILED_FILE
+    if result_path.exists():
+        try:
+            record = read_record(result_path)
+        except RecordError as err:
+            raise RecordError(f"{err}. The run directory holds a result that cannot be read; move it away "
+                              "to re-run (it is never overwritten)") from None
+        if record["config_hash"] != plan.config_hash:
+            raise RecordError(f"{result_path} belongs to another config (hash {record['config_hash'][:12]}); "
+                              "move it away to re-run")
+        return "skipped"
+    if failed_path.exists():
+        if not retry_failed:
+            return "failed-before"
+        n = 1
+        while (run_dir / f"failed-{n}.json").exists():
+            n += 1
+        failed_path.rename(run_dir / f"failed-{n}.json")
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(plan.cfg, resolve=True))
+    started = _now()
+    built: dict[str, Any] = {}
+    try:
+        ctx, clean, split, generators, official = build_context(plan)
+        built.update(split=split, official=official)
+        method = METHODS.get(plan.cfg.method.name)(ctx, plan.cfg.method)
+        trainer = Trainer(ctx, method, clean, generators=generators, limit_batches=plan.cfg.train.limit_batches,
+                          eval_batch_size=int(plan.cfg.train.eval_batch_size), progress=progress,
+                          checkpoint=bool(plan.cfg.train.checkpoint), interrupt_after=interrupt_after)
+        outcome = trainer.run()
+    except NonFiniteLoss as err:
+        _write_failure(plan, started, built, err.phase, err.epoch, str(err), traceback.format_exc())
+        return "failed"
+    except Interrupted:
+        raise
+    except Exception as err:  # a crash in one run must not lose the rest of a suite
+        _write_failure(plan, started, built, "?", -1, f"{type(err).__name__}: {err}", traceback.format_exc())
+        print(f"run {run_dir} failed: {type(err).__name__}: {err} (details in {failed_path})", file=sys.stderr)
+        return "failed"
+    arrays = method.artifacts()
+    if arrays:
+        _save_npz(run_dir / ARTIFACTS_FILE, arrays)
+    atomic_write_text(run_dir / HISTORY_FILE, _json(outcome.history))
+    record = build_record(plan, ctx, split, official, outcome, started)
+    write_record(result_path, record)
+    (run_dir / "checkpoint.pt").unlink(missing_ok=True)  # the result replaces it
+    return "done"
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)) + "\n"
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def build_context(plan: PlannedRun) -> tuple[TrainContext, CleanLabels, Split, dict[str, torch.Generator], bool]:
+    """Load data and split, put them on the device, seed everything, and build the context."""
+    load_all_methods()
+    cfg = plan.cfg
+    device = select_device(str(cfg.train.device))
+    if cfg.train.num_threads:
+        torch.set_num_threads(int(cfg.train.num_threads))
+    torch.use_deterministic_algorithms(bool(cfg.train.deterministic))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = bool(cfg.train.tf32)
+        torch.backends.cudnn.allow_tf32 = bool(cfg.train.tf32)
+        torch.backends.cudnn.benchmark = not bool(cfg.train.deterministic)
+    data = load_dataset(cfg.dataset, Path(cfg.paths.data))
+    spec = spec_from_config(cfg)
+    split = get_split(data, spec, Path(cfg.paths.splits))
+
+    seed = int(cfg.seed)
+    torch.manual_seed(seed)
+    generators = {name: torch.Generator(device=device).manual_seed(_stream_seed(seed, i))
+                  for i, name in enumerate(("data", "meta", "method"))}
+    norm = Normalize(list(cfg.dataset.normalize.mean), list(cfg.dataset.normalize.std), device)
+    pad, flip = int(cfg.dataset.augment.pad), bool(cfg.dataset.augment.flip)
+    cl = bool(cfg.train.channels_last)
+    k = data.num_classes
+
+    def image_set(images: np.ndarray, labels: np.ndarray, gen: torch.Generator) -> ImageSet:
+        return ImageSet(to_device_images(images, device), torch.as_tensor(labels, dtype=torch.int64, device=device),
+                        k, norm, pad, flip, gen, cl)
+
+    train = image_set(data.train_images[split.train_indices], split.noisy_labels, generators["data"])
+    test = image_set(data.test_images, data.test_labels, generators["data"])
+    meta = None
+    if split.num_meta > 0:
+        meta = MetaSampler(image_set(data.train_images[split.meta_indices], split.meta_labels, generators["meta"]))
+    clean_t = torch.as_tensor(split.clean_labels, dtype=torch.int64, device=device)
+    clean = CleanLabels(clean_t, clean_t != train.labels)
+    cache_dir = Path(cfg.paths.splits) / spec.dataset / "cache"
+    ctx = TrainContext(cfg=cfg, device=device, num_classes=k, image_shape=data.image_shape, train=train, test=test,
+                       meta=meta, generator=generators["method"], run_dir=plan.run_dir, cache_dir=cache_dir,
+                       split_sha256=split.sha256, split_spec=spec.to_dict(), seed=seed)
+    return ctx, clean, split, generators, bool(data.official)
+
+
+def _split_summary(split: Split, official: bool, num_classes: int) -> dict[str, Any]:
+    clean_counts = np.bincount(split.clean_labels, minlength=num_classes)
+    observed = np.bincount(split.noisy_labels, minlength=num_classes)
+    realized = float(np.mean(split.clean_labels != split.noisy_labels)) if split.num_train else None
+    return {"spec": split.spec.to_dict(), "official": official, "num_train": split.num_train,
+            "num_meta": split.num_meta, "realized_noise_rate": realized,
+            "train_counts_clean": clean_counts.tolist(), "train_counts_observed": observed.tolist()}
+
+
+def _base_record(plan: PlannedRun, status: str, started: str, device: str) -> dict[str, Any]:
+    c = plan.config
+    return {
+        "schema_version": 1, "status": status, "run_id": str(plan.run_dir), "suite": c["suite"]["name"],
+        "method": c["method"]["name"], "dataset": c["dataset"]["name"], "model": c["model"]["name"],
+        "recipe": c["recipe"]["name"], "seed": int(c["seed"]), "data_seed": int(c["split"]["data_seed"]),
+        "config_hash": plan.config_hash, "config": c, "env": environment(device), "started": started,
+        "finished": _now(),
+    }
+
+
+def build_record(plan: PlannedRun, ctx: TrainContext, split: Split, official: bool, outcome: TrainOutcome,
+                 started: str) -> dict[str, Any]:
+    final = [h for h in outcome.history if h["phase"] == outcome.final_phase and "top1" in h]
+    top1 = [h["top1"] for h in final]
+    best = int(np.argmax(top1))
+    groups = shot_groups(np.bincount(split.clean_labels, minlength=ctx.num_classes))
+    extra_models: dict[str, Any] = {}
+    for name in outcome.extra_last:
+        series = [h["top1_extra"][name] for h in final]
+        extra_models[name] = {"top1_last": series[-1], "top1_best": max(series), "top1_per_epoch": series}
+    record = _base_record(plan, "done", started, str(ctx.device))
+    record.update({
+        "split_sha256": split.sha256,
+        "split": _split_summary(split, official, ctx.num_classes),
+        "metrics": {
+            "top1_last": top1[-1], "top1_best": top1[best], "best_epoch": best, "epochs": len(top1),
+            "top1_per_epoch": top1,
+            "per_class_last": per_class_accuracy(outcome.confusion_last).tolist(),
+            "confusion_last": outcome.confusion_last.tolist(),
+            "shot_last": shot_accuracy(outcome.confusion_last, groups),
+            "shot_groups": {**groups, "counts": "clean training counts; many > 100, few < 20"},
+            "extra_models": extra_models,
+        },
+        "phases": _phase_summary(outcome.history),
+        "diagnostics": _diagnostics(outcome.history),
+        "wall_time_s": outcome.wall_time_s,
+    })
+    return record
+
+
+def _phase_summary(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    phases: dict[str, dict[str, Any]] = {}
+    for h in history:
+        p = phases.setdefault(h["phase"], {"name": h["phase"], "epochs": 0, "top1_per_epoch": [], "loss_per_epoch": []})
+        p["epochs"] += 1
+        p["loss_per_epoch"].append(h["loss"])
+        if "top1" in h:
+            p["top1_per_epoch"].append(h["top1"])
+    return list(phases.values())
+
+
+def _diagnostics(history: list[dict[str, Any]]) -> dict[str, Any]:
+    per_epoch = [{"phase": h["phase"], "epoch": h["epoch"], **h["diagnostics"]} for h in history if "diagnostics" in h]
+    return {"per_epoch": per_epoch, "last": per_epoch[-1] if per_epoch else {}}
+
+
+def _write_failure(plan: PlannedRun, started: str, built: dict[str, Any], phase: str, epoch: int, cause: str,
+                   tb: str) -> None:
+    record = _base_record(plan, "failed", started, str(plan.cfg.train.device))
+    split = built.get("split")
+    if split is not None:
+        summary = _split_summary(split, built["official"], int(plan.cfg.dataset.num_classes))
+        split_sha = split.sha256
+    else:  # failed before the split existed
+        summary = {"spec": spec_from_config(plan.cfg).to_dict(), "official": False, "num_train": 0, "num_meta": 0,
+                   "realized_noise_rate": None}
+        split_sha = "0" * 64
+    record.update({"split_sha256": split_sha, "split": summary,
+                   "failure": {"phase": phase, "epoch": epoch, "cause": cause, "traceback": tb}})
+    write_record(plan.run_dir / FAILED_FILE, record)

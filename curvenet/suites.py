@@ -1,0 +1,158 @@
+"""Suites: ``experiment`` presets that carry their grid, expanded into planned runs.
+
+A suite's ``grid`` is a list of blocks; the runs of a block are the product of its value lists, and
+the suite's runs are the union over its blocks. ``method: [all]`` means every registered method.
+Command-line overrides of a grid key narrow the grid (``method=ce seed=1``); other overrides apply
+to every run. ``suite.method_overrides`` holds per-method settings (shorter probes in smoke runs).
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from curvenet.config import compose_config, group_options, to_dict
+from curvenet.engine.method import METHODS, ConfigError
+from curvenet.engine.records import config_hash
+from curvenet.methods import load_all_methods
+
+GROUP_KEYS = ("dataset", "model", "method", "recipe")
+
+
+def available_suites() -> list[str]:
+    return group_options("experiment")
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def split_override(override: str) -> tuple[str, list[Any]]:
+    """``key=v1,v2`` -> (key, [v1, v2]) with YAML-typed values."""
+    if "=" not in override or override.startswith(("+", "~")):
+        raise ConfigError(f"override {override!r} is not of the form key=value (additions with + are not allowed)")
+    key, text = override.split("=", 1)
+    return key.strip(), [_parse_value(v) for v in text.split(",")]
+
+
+def grid_value(config: Mapping[str, Any], key: str) -> Any:
+    """The value of a grid key in a resolved config (``method`` -> ``config['method']['name']``)."""
+    if key in GROUP_KEYS:
+        return config[key]["name"]
+    node: Any = config
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+@dataclass
+class PlannedRun:
+    overrides: list[str]
+    cfg: DictConfig
+    config: dict[str, Any]  # resolved
+    config_hash: str
+    run_dir: Path
+    grid: dict[str, Any]  # this run's grid values
+
+    @property
+    def label(self) -> str:
+        return " ".join(f"{k}={_fmt(v)}" for k, v in self.grid.items())
+
+
+def load_suite(name: str) -> DictConfig:
+    """The ``suite`` node of a suite preset (grid, tables, requirements)."""
+    if name not in available_suites():
+        raise ConfigError(f"unknown suite {name!r}; available: {', '.join(available_suites())}")
+    return compose_config([f"experiment={name}"]).suite
+
+
+def expand_grid(suite: DictConfig, user_overrides: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Grid points of ``suite`` narrowed by ``user_overrides``; returns (points, other overrides)."""
+    load_all_methods()
+    blocks = [dict(OmegaConf.to_container(b, resolve=True)) for b in suite.grid]  # type: ignore[arg-type]
+    for block in blocks:
+        if block.get("method") in (["all"], "all"):
+            block["method"] = METHODS.names()
+        for key, values in block.items():
+            if not isinstance(values, list):
+                block[key] = [values]
+    grid_keys = {k for b in blocks for k in b}
+    extra: list[str] = []
+    for override in user_overrides:
+        key, wanted = split_override(override)
+        if key not in grid_keys:
+            extra.append(override)
+            continue
+        narrowed = []
+        for block in blocks:
+            if key not in block:
+                narrowed.append(block)
+                continue
+            keep = [v for v in block[key] if any(v == w for w in wanted)]
+            if keep:
+                narrowed.append({**block, key: keep})
+        if not any(key in b for b in narrowed):  # nothing in the grid matches: run the given values
+            print(f"note: {override} is not in suite {suite.name!r}'s grid; running it in place of the grid values",
+                  file=sys.stderr)
+            narrowed = [{**b, key: wanted} if key in b else b for b in blocks]
+        blocks = narrowed
+    points, seen = [], set()
+    for block in blocks:
+        keys = list(block)
+        for combo in itertools.product(*(block[k] for k in keys)):
+            point = dict(zip(keys, combo))
+            ident = tuple(sorted((k, _fmt(v)) for k, v in point.items()))
+            if ident not in seen:
+                seen.add(ident)
+                points.append(point)
+    return points, extra
+
+
+def run_dir_for(config: Mapping[str, Any], cfg_hash: str) -> Path:
+    """results/<dataset>/<split tag>/<method>/<config hash>/seed-<seed>: a function of the config."""
+    from curvenet.data import spec_from_config
+
+    spec = spec_from_config(config)
+    return (Path(config["paths"]["results"]) / config["dataset"]["name"] / spec.tag() / config["method"]["name"]
+            / cfg_hash[:12] / f"seed-{config['seed']}")
+
+
+def plan_run(overrides: Sequence[str], grid: Mapping[str, Any] | None = None) -> PlannedRun:
+    cfg = compose_config(overrides)
+    config = to_dict(cfg)
+    h = config_hash(config)
+    return PlannedRun(list(overrides), cfg, config, h, run_dir_for(config, h), dict(grid or {}))
+
+
+def plan_suite(name: str, user_overrides: Sequence[str] = ()) -> list[PlannedRun]:
+    """Every run of suite ``name`` (narrowed by ``user_overrides``), composed and validated."""
+    suite = load_suite(name)
+    points, extra = expand_grid(suite, user_overrides)
+    if not points:
+        raise ConfigError(f"no run of suite {name!r} matches {' '.join(user_overrides)}")
+    method_overrides = OmegaConf.to_container(suite.method_overrides, resolve=True) or {}
+    runs = []
+    for point in points:
+        overrides = [f"experiment={name}"] + [f"{k}={_fmt(v)}" for k, v in point.items()] + extra
+        method = point.get("method") or compose_config(overrides).method.name
+        # per-method suite settings go before the user's overrides, which win
+        overrides[len(overrides) - len(extra):len(overrides) - len(extra)] = list(method_overrides.get(method, []))
+        runs.append(plan_run(overrides, point))
+    return runs
