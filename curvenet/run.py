@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from curvenet.data import Split, get_split, load_dataset, spec_from_config
+from curvenet.data import ImageFiles, Split, get_split, load_dataset, spec_from_config
 from curvenet.engine.augment import Normalize
 from curvenet.engine.context import CleanLabels, TrainContext
 from curvenet.engine.data import ImageSet, MetaSampler, to_device_images
+from curvenet.engine.files import FileImageSet
 from curvenet.engine.evaluate import per_class_accuracy, shot_accuracy, shot_groups
 from curvenet.engine.loop import Interrupted, NonFiniteLoss, Trainer, TrainOutcome
 from curvenet.engine.method import METHODS
@@ -148,33 +149,58 @@ def build_context(plan: PlannedRun) -> tuple[TrainContext, CleanLabels, Split, d
     torch.manual_seed(seed)
     generators = {name: torch.Generator(device=device).manual_seed(_stream_seed(seed, i))
                   for i, name in enumerate(("data", "meta", "method"))}
-    norm = Normalize(list(cfg.dataset.normalize.mean), list(cfg.dataset.normalize.std), device)
-    pad, flip = int(cfg.dataset.augment.pad), bool(cfg.dataset.augment.flip)
-    cl = bool(cfg.train.channels_last)
     k = data.num_classes
+    cl = bool(cfg.train.channels_last)
+    if isinstance(data, ImageFiles):  # too large for the device: decoded from files per batch
+        aug = cfg.dataset.augment
+        file_gen = torch.Generator().manual_seed(_stream_seed(seed, 3))
+        generators["files"] = file_gen
 
-    def image_set(images: np.ndarray, labels: np.ndarray, gen: torch.Generator) -> ImageSet:
-        return ImageSet(to_device_images(images, device), torch.as_tensor(labels, dtype=torch.int64, device=device),
-                        k, norm, pad, flip, gen, cl)
+        def file_set(files: list[str], labels: np.ndarray) -> FileImageSet:
+            return FileImageSet(data.root, files, labels, k, list(cfg.dataset.normalize.mean),
+                                list(cfg.dataset.normalize.std), file_gen, device, resize=int(cfg.dataset.resize),
+                                crop=int(aug.crop), flip=bool(aug.flip), workers=int(cfg.dataset.get("workers", 8)),
+                                channels_last=cl)
 
-    train = image_set(data.train_images[split.train_indices], split.noisy_labels, generators["data"])
-    test = image_set(data.test_images, data.test_labels, generators["data"])
-    meta = None
-    if split.num_meta > 0:
-        meta = MetaSampler(image_set(data.train_images[split.meta_indices], split.meta_labels, generators["meta"]))
+        train = file_set([data.train_files[i] for i in split.train_indices], split.noisy_labels)
+        test = file_set(list(data.test_files), data.test_labels)
+        meta_set = file_set([data.meta_files[i] for i in split.meta_indices], split.meta_labels) if split.num_meta else None
+        image_shape = (3, int(aug.crop), int(aug.crop))
+    else:
+        norm = Normalize(list(cfg.dataset.normalize.mean), list(cfg.dataset.normalize.std), device)
+        aug = cfg.dataset.augment
+        pad, flip, pad_mode = int(aug.pad), bool(aug.flip), str(aug.get("pad_mode", "reflect"))
+
+        def image_set(images: np.ndarray, labels: np.ndarray, gen: torch.Generator) -> ImageSet:
+            return ImageSet(to_device_images(images, device), torch.as_tensor(labels, dtype=torch.int64, device=device),
+                            k, norm, pad, flip, gen, cl, pad_mode)
+
+        train = image_set(data.train_images[split.train_indices], split.noisy_labels, generators["data"])
+        test = image_set(data.test_images, data.test_labels, generators["data"])
+        meta_set = (image_set(data.train_images[split.meta_indices], split.meta_labels, generators["meta"])
+                    if split.num_meta else None)
+        image_shape = data.image_shape
+    meta = MetaSampler(meta_set) if meta_set is not None else None
     clean_t = torch.as_tensor(split.clean_labels, dtype=torch.int64, device=device)
-    clean = CleanLabels(clean_t, clean_t != train.labels)
+    clean = CleanLabels(clean_t, (clean_t >= 0) & (clean_t != train.labels))  # -1: clean label unknown
     cache_dir = Path(cfg.paths.splits) / spec.dataset / "cache"
-    ctx = TrainContext(cfg=cfg, device=device, num_classes=k, image_shape=data.image_shape, train=train, test=test,
+    ctx = TrainContext(cfg=cfg, device=device, num_classes=k, image_shape=image_shape, train=train, test=test,
                        meta=meta, generator=generators["method"], run_dir=plan.run_dir, cache_dir=cache_dir,
                        split_sha256=split.sha256, split_spec=spec.to_dict(), seed=seed)
     return ctx, clean, split, generators, bool(data.official)
 
 
+def _shot_counts(split: Split, num_classes: int) -> np.ndarray:
+    """Training counts per class for the many/medium/few groups: clean ones where all are known."""
+    labels = split.clean_labels if (split.clean_labels >= 0).all() else split.noisy_labels
+    return np.bincount(labels, minlength=num_classes)
+
+
 def _split_summary(split: Split, official: bool, num_classes: int) -> dict[str, Any]:
-    clean_counts = np.bincount(split.clean_labels, minlength=num_classes)
+    known = split.clean_labels >= 0  # image-folder datasets know few clean labels
+    clean_counts = np.bincount(split.clean_labels[known], minlength=num_classes)
     observed = np.bincount(split.noisy_labels, minlength=num_classes)
-    realized = float(np.mean(split.clean_labels != split.noisy_labels)) if split.num_train else None
+    realized = float(np.mean(split.clean_labels[known] != split.noisy_labels[known])) if known.any() else None
     return {"spec": split.spec.to_dict(), "official": official, "num_train": split.num_train,
             "num_meta": split.num_meta, "realized_noise_rate": realized,
             "train_counts_clean": clean_counts.tolist(), "train_counts_observed": observed.tolist()}
@@ -196,7 +222,7 @@ def build_record(plan: PlannedRun, ctx: TrainContext, split: Split, official: bo
     final = [h for h in outcome.history if h["phase"] == outcome.final_phase and "top1" in h]
     top1 = [h["top1"] for h in final]
     best = int(np.argmax(top1))
-    groups = shot_groups(np.bincount(split.clean_labels, minlength=ctx.num_classes))
+    groups = shot_groups(_shot_counts(split, ctx.num_classes))
     extra_models: dict[str, Any] = {}
     for name in outcome.extra_last:
         series = [h["top1_extra"][name] for h in final]
@@ -211,7 +237,7 @@ def build_record(plan: PlannedRun, ctx: TrainContext, split: Split, official: bo
             "per_class_last": per_class_accuracy(outcome.confusion_last).tolist(),
             "confusion_last": outcome.confusion_last.tolist(),
             "shot_last": shot_accuracy(outcome.confusion_last, groups),
-            "shot_groups": {**groups, "counts": "clean training counts; many > 100, few < 20"},
+            "shot_groups": {**groups, "counts": "training counts (clean where known); many > 100, few < 20"},
             "extra_models": extra_models,
         },
         "phases": _phase_summary(outcome.history),

@@ -10,17 +10,19 @@ import torch
 import torch.nn.functional as F
 
 
-def random_crop_flip(images: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+def random_crop_flip(images: torch.Tensor, pad: int, flip: bool, generator: torch.Generator,
+                     pad_mode: str = "reflect") -> torch.Tensor:
     """images: uint8 or float [B, C, H, W] -> float [B, C, H, W] (same value scale).
 
-    Crop: reflect-pad by ``pad`` on each side, then take an HxW window at a uniform offset in
+    Crop: pad by ``pad`` on each side (``pad_mode`` reflect, as CurveNet/MW-Net, or constant zeros, as
+    LDAM-style code), then take an HxW window at a uniform offset in
     {0..2*pad}^2 per sample. Flip: horizontal, with probability 1/2 per sample.
     """
     b, c, h, w = images.shape
     x = images.float()
     dev = x.device
     if pad > 0:
-        x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+        x = F.pad(x, (pad, pad, pad, pad), mode=pad_mode)
         dy = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
         dx = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
         rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # [B,1,H,1]

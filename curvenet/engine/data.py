@@ -40,12 +40,13 @@ class ImageSet:
     """Images (uint8, on the device) with labels and the views methods ask for."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int, normalize: Normalize,
-                 pad: int, flip: bool, generator: torch.Generator, channels_last: bool = False) -> None:
+                 pad: int, flip: bool, generator: torch.Generator, channels_last: bool = False,
+                 pad_mode: str = "reflect") -> None:
         self.images = images
         self.labels = labels
         self.num_classes = num_classes
         self.normalize = normalize
-        self.pad, self.flip = pad, flip
+        self.pad, self.flip, self.pad_mode = pad, flip, pad_mode
         self.generator = generator
         self.channels_last = channels_last
 
@@ -60,7 +61,7 @@ class ImageSet:
     def view(self, index: torch.Tensor, augment: bool = True) -> torch.Tensor:
         """Normalised float images for ``index``; augmented (crop + flip) when ``augment``."""
         raw = self.images[index]
-        x = random_crop_flip(raw, self.pad, self.flip, self.generator) if augment else raw.float()
+        x = random_crop_flip(raw, self.pad, self.flip, self.generator, self.pad_mode) if augment else raw.float()
         x = self.normalize(x)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
@@ -92,28 +93,52 @@ class ImageSet:
 
 class MetaSampler:
     """Clean meta batches, cycling over shuffled passes of the meta set (CurveNet / MW-Net), or a
-    fresh random batch each call (MW-Net imbalance variant)."""
+    fresh random batch each call (MW-Net imbalance variant).
 
-    def __init__(self, meta: ImageSet) -> None:
+    ``subset`` restricts it to some positions of ``meta``: a class-balanced part of the meta set
+    (``per_class``), or training samples chosen as a pseudo-meta set (their observed labels).
+    """
+
+    def __init__(self, meta: ImageSet, subset: torch.Tensor | None = None) -> None:
         self.meta = meta
+        self.subset = subset
         self._order: torch.Tensor | None = None
         self._pos = 0
+
+    def __len__(self) -> int:
+        return len(self.meta) if self.subset is None else int(self.subset.shape[0])
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.meta.labels if self.subset is None else self.meta.labels[self.subset]
+
+    def per_class(self, k: int) -> "MetaSampler":
+        """A sampler over the first ``k`` meta samples of each class (in stored order)."""
+        labels = self.labels.cpu()
+        keep = torch.cat([torch.nonzero(labels == c).flatten()[:k] for c in range(self.meta.num_classes)])
+        keep = keep.sort().values
+        base = keep if self.subset is None else self.subset.cpu()[keep]
+        return MetaSampler(self.meta, base.to(self.meta.labels.device))
+
+    def _positions(self, order: torch.Tensor) -> torch.Tensor:
+        order = order.to(self.meta.labels.device)
+        return order if self.subset is None else self.subset[order]
 
     def next_batch(self, batch_size: int, augment: bool = True) -> Batch:
         """The next batch of the current shuffled pass, like a cycled DataLoader: the last batch of
         a pass may be smaller, and a new shuffled pass starts once one is used up."""
-        n = len(self.meta)
+        n = len(self)
         if self._order is None or self._pos >= n:
-            self._order = torch.randperm(n, device=self.meta.labels.device, generator=self.meta.generator)
+            self._order = torch.randperm(n, device=self.meta.generator.device, generator=self.meta.generator)
             self._pos = 0
         index = self._order[self._pos:self._pos + batch_size]
         self._pos += batch_size
-        return self.meta.batch(index, augment)
+        return self.meta.batch(self._positions(index), augment)
 
     def random_batch(self, batch_size: int, augment: bool = True) -> Batch:
-        n = len(self.meta)
-        index = torch.randperm(n, device=self.meta.labels.device, generator=self.meta.generator)[:batch_size]
-        return self.meta.batch(index, augment)
+        n = len(self)
+        index = torch.randperm(n, device=self.meta.generator.device, generator=self.meta.generator)[:batch_size]
+        return self.meta.batch(self._positions(index), augment)
 
     def state_dict(self) -> dict:
         return {"order": self._order, "pos": self._pos}

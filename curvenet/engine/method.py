@@ -15,8 +15,9 @@ Lifecycle, driven by the engine::
             method.on_epoch_end(phase, epoch)                   # may sync; returns floats to log
             ... engine evaluates eval_models(), calls diagnostics(), checkpoints ...
 
-State: ``state_dict`` saves every attribute that is an ``nn.Module``, an optimiser, a tensor or a
-numpy array, plus the plain attributes named in ``extra_state``. Whatever ``on_phase_start`` sets
+State: ``state_dict`` saves every attribute that has ``state_dict``/``load_state_dict`` (modules,
+optimisers, meta samplers), is a tensor or a numpy array, plus the plain attributes named in
+``extra_state``. Whatever ``on_phase_start`` sets
 must be state, because a resumed run restores the state instead of calling it again.
 
 Clean training labels never reach a method's training hooks. ``diagnostics`` alone receives them,
@@ -129,7 +130,7 @@ class Method:
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {}
         for key, value in vars(self).items():
-            if isinstance(value, (nn.Module, torch.optim.Optimizer)):
+            if _has_state(value):  # modules, optimisers, samplers...
                 state[key] = value.state_dict()
             elif isinstance(value, (torch.Tensor, np.ndarray)):
                 state[key] = value
@@ -140,10 +141,14 @@ class Method:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             current = getattr(self, key, None)
-            if isinstance(current, (nn.Module, torch.optim.Optimizer)):
+            if _has_state(current):
                 current.load_state_dict(value)
             else:
                 setattr(self, key, value)
+
+
+def _has_state(obj: Any) -> bool:
+    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
 
 
 METHODS: Registry[type[Method]] = Registry("method")
