@@ -3,10 +3,19 @@
 Public API:
 
 - ``load_dataset(dataset_cfg, data_root) -> ImageArrays | ImageFiles``
+- ``spec_from_config(cfg) -> SplitSpec``
+- ``make_split(data, spec) -> Split``: pure, writes nothing.
+- ``get_split(data, spec, splits_dir) -> Split``: load the stored split (verifying its sha256)
+  or create and store it.
 - ``write_synthetic_cifar(root, num_classes, train_per_class, test_per_class, image_size, seed)``
+
+See ``split`` (protocol and seeding), ``store`` (file layout) and ``noise`` (noise models).
 """
 
 from curvenet.data.datasets import DATASETS, load_dataset
+from curvenet.data.specs import spec_from_config
+from curvenet.data.split import make_split, validate_spec
+from curvenet.data.store import get_split, load_split
 from curvenet.data.synthetic import write_synthetic_cifar
 from curvenet.data.types import (
     IMBALANCE_PROFILES,
@@ -29,6 +38,11 @@ __all__ = [
     "ImageFiles",
     "Split",
     "SplitSpec",
+    "get_split",
     "load_dataset",
+    "load_split",
+    "make_split",
+    "spec_from_config",
+    "validate_spec",
     "write_synthetic_cifar",
 ]
