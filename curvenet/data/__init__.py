@@ -7,12 +7,15 @@ Public API:
 - ``make_split(data, spec) -> Split``: pure, writes nothing.
 - ``get_split(data, spec, splits_dir) -> Split``: load the stored split (verifying its sha256)
   or create and store it.
+- ``build_splits(items, data_root, splits_dir, lock_path, check, update_lock) -> (table, ok)``
 - ``write_synthetic_cifar(root, num_classes, train_per_class, test_per_class, image_size, seed)``
 
-See ``split`` (protocol and seeding), ``store`` (file layout) and ``noise`` (noise models).
+See ``split`` (protocol and seeding), ``store`` (file layout), ``noise`` (noise models) and
+``lock`` (lock file).
 """
 
 from curvenet.data.datasets import DATASETS, load_dataset
+from curvenet.data.lock import LOCK_PATH, build_splits
 from curvenet.data.specs import spec_from_config
 from curvenet.data.split import make_split, validate_spec
 from curvenet.data.store import get_split, load_split
@@ -31,6 +34,7 @@ from curvenet.data.types import (
 __all__ = [
     "DATASETS",
     "IMBALANCE_PROFILES",
+    "LOCK_PATH",
     "NOISE_MODELS",
     "ORDERS",
     "DataError",
@@ -38,6 +42,7 @@ __all__ = [
     "ImageFiles",
     "Split",
     "SplitSpec",
+    "build_splits",
     "get_split",
     "load_dataset",
     "load_split",
