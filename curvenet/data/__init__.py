@@ -1,29 +1,53 @@
 """Data layer: dataset readers and the corruption protocol (meta set -> imbalance -> noise).
 
-Public API (implemented in the modules of this package):
+Public API:
 
-- ``load_dataset(dataset_cfg, data_root) -> ImageArrays``
+- ``load_dataset(dataset_cfg, data_root) -> ImageArrays | ImageFiles``
 - ``spec_from_config(cfg) -> SplitSpec``
+- ``make_split(data, spec) -> Split``: pure, writes nothing.
 - ``get_split(data, spec, splits_dir) -> Split``: load the stored split (verifying its sha256)
   or create and store it.
+- ``build_splits(items, data_root, splits_dir, lock_path, check, update_lock) -> (table, ok)``
+- ``write_synthetic_cifar(root, num_classes, train_per_class, test_per_class, image_size, seed)``
+
+See ``split`` (protocol and seeding), ``store`` (file layout), ``noise`` (noise models) and
+``lock`` (lock file).
 """
 
+from curvenet.data.datasets import DATASETS, load_dataset
+from curvenet.data.lock import LOCK_PATH, build_splits
+from curvenet.data.specs import spec_from_config
+from curvenet.data.split import make_split, validate_spec
+from curvenet.data.store import get_split, load_split
+from curvenet.data.synthetic import write_synthetic_cifar
 from curvenet.data.types import (
     IMBALANCE_PROFILES,
     NOISE_MODELS,
     ORDERS,
     DataError,
     ImageArrays,
+    ImageFiles,
     Split,
     SplitSpec,
 )
 
 __all__ = [
+    "DATASETS",
     "IMBALANCE_PROFILES",
+    "LOCK_PATH",
     "NOISE_MODELS",
     "ORDERS",
     "DataError",
     "ImageArrays",
+    "ImageFiles",
     "Split",
     "SplitSpec",
+    "build_splits",
+    "get_split",
+    "load_dataset",
+    "load_split",
+    "make_split",
+    "spec_from_config",
+    "validate_spec",
+    "write_synthetic_cifar",
 ]

@@ -1,8 +1,10 @@
 """Data types shared by the data layer, the engine and the methods.
 
-``ImageArrays`` is a raw dataset in memory; ``SplitSpec`` says how to corrupt it; ``Split`` is the
-result: which training images are used, their observed (noisy) labels, and the clean meta set.
-A ``Split`` is a pure function of (dataset, spec) and is stored as a content-addressed file.
+``ImageArrays`` is a raw dataset in memory; ``ImageFiles`` is a dataset read from image files
+(Clothing1M, Food-101N, ANIMAL-10N) as file lists; ``SplitSpec`` says how to corrupt a dataset;
+``Split`` is the result: which training images are used, their observed (noisy) labels, and the
+clean meta set. A ``Split`` is a pure function of (dataset fingerprint, spec) and is stored as a
+content-addressed file.
 """
 
 from __future__ import annotations
@@ -49,12 +51,49 @@ class ImageArrays:
         return (c, h, w)
 
 
+def _empty_labels() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """A dataset of image files, held as paths relative to ``root`` plus integer labels.
+
+    ``train_labels`` are the observed labels (real-world noise). ``meta_files`` is the dataset's
+    declared clean subset (empty when it has none), disjoint from ``train_files``; for these
+    datasets ``Split.meta_indices`` are rows of ``meta_files``, not of ``train_files``.
+    ``train_clean_labels`` holds the verified label of a training file where the dataset
+    publishes one and -1 elsewhere: diagnostics only.
+    """
+
+    name: str
+    root: str  # absolute directory; every path below is relative to it
+    train_files: tuple[str, ...]
+    train_labels: np.ndarray  # int64 [N], observed (noisy) labels
+    test_files: tuple[str, ...]
+    test_labels: np.ndarray  # int64 [M], clean labels
+    num_classes: int
+    class_names: tuple[str, ...]
+    fingerprint: str  # sha256 of the list/annotation files that define the dataset
+    official: bool  # these datasets publish no checksums: always False
+    meta_files: tuple[str, ...] = ()
+    meta_labels: np.ndarray = field(default_factory=_empty_labels)  # int64 [m], clean labels
+    train_clean_labels: np.ndarray | None = None  # int64 [N], -1 = unknown; DIAGNOSTICS ONLY
+    source: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_files)
+
+
 @dataclass(frozen=True)
 class SplitSpec:
     """Everything that determines a split (with the dataset's fingerprint)."""
 
     dataset: str
-    meta_per_class: int = 0  # k clean images per class taken out first; 0 = no meta set
+    # k clean images per class taken out first; 0 = no meta set; -1 = all of the declared clean
+    # subset (image-folder datasets only)
+    meta_per_class: int = 0
     imbalance_profile: str = "exp"  # exp | step | none
     imbalance_factor: float = 1.0  # IF = n_max / n_min, >= 1
     step_tail_fraction: float = 0.5  # step profile: fraction of classes reduced to n_max / IF
@@ -98,7 +137,9 @@ class Split:
     spec: SplitSpec
     train_indices: np.ndarray  # int64 [n], rows of the original training set
     noisy_labels: np.ndarray  # int64 [n], observed labels
-    meta_indices: np.ndarray  # int64 [m], rows of the original training set, disjoint from train
+    # int64 [m], rows of the original training set, disjoint from train (for ImageFiles: rows of
+    # ``meta_files``; ``manifest["meta_source"]`` says which)
+    meta_indices: np.ndarray
     meta_labels: np.ndarray  # int64 [m], clean labels of the meta set
     clean_labels: np.ndarray  # int64 [n], DIAGNOSTICS ONLY
     manifest: dict[str, Any]  # spec, counts per class, realised rates and matrix, sha256
