@@ -56,12 +56,6 @@ def run_suite_command(argv: list[str]) -> int:
     runs = plan_suite(args.suite, list(args.overrides) + _device_overrides(args))
     first = runs[0].cfg
     device = select_device(str(first.train.device))
-    if first.suite.requires_gpu and device.type != "cuda" and not (args.allow_cpu or first.train.allow_cpu):
-        raise ConfigError(
-            f"suite {args.suite!r} needs a GPU ({len(runs)} runs of {first.recipe.epochs} epochs) and no CUDA device "
-            f"was found. Run it on a GPU machine (e.g. `docker compose run bench {args.suite}`), narrow it "
-            "(e.g. method=ce seed=1 recipe.epochs=2), or pass --allow-cpu to run it on this CPU anyway"
-        )
     if args.dry_run:
         from tabulate import tabulate
 
@@ -69,6 +63,12 @@ def run_suite_command(argv: list[str]) -> int:
         print(tabulate(rows, headers=["#", "state", "grid point", "run directory"]))
         print(f"{len(runs)} runs in suite {args.suite!r} on {device}")
         return 0
+    if first.suite.requires_gpu and device.type != "cuda" and not (args.allow_cpu or first.train.allow_cpu):
+        raise ConfigError(
+            f"suite {args.suite!r} needs a GPU ({len(runs)} runs of {first.recipe.epochs} epochs) and no CUDA device "
+            f"was found. Run it on a GPU machine (e.g. `docker compose run bench {args.suite}`), narrow it "
+            "(e.g. method=ce seed=1 recipe.epochs=2), or pass --allow-cpu to run it on this CPU anyway"
+        )
     progress = not args.no_progress and bool(first.train.progress)
     counts: Counter[str] = Counter()
     bar = tqdm(runs, desc=f"suite {args.suite}", unit="run", disable=not progress, position=0)

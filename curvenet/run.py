@@ -33,6 +33,7 @@ from curvenet.methods import load_all_methods
 from curvenet.suites import PlannedRun
 
 ARTIFACTS_FILE = "artifacts.npz"
+MODEL_FILE = "model.pt"  # final weights of the evaluated networks
 HISTORY_FILE = "history.json"
 
 
@@ -107,6 +108,7 @@ def run_planned(plan: PlannedRun, *, progress: bool = False, retry_failed: bool 
         _write_failure(plan, started, built, "?", -1, f"{type(err).__name__}: {err}", traceback.format_exc())
         print(f"run {run_dir} failed: {type(err).__name__}: {err} (details in {failed_path})", file=sys.stderr)
         return "failed"
+    _save_models(run_dir / MODEL_FILE, method)
     arrays = method.artifacts()
     if arrays:
         _save_npz(run_dir / ARTIFACTS_FILE, arrays)
@@ -121,6 +123,12 @@ def _json(obj: Any) -> str:
     import json
 
     return json.dumps(obj, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)) + "\n"
+
+
+def _save_models(path: Path, method: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({name: m.state_dict() for name, m in method.eval_models().items()}, tmp)
+    os.replace(tmp, path)
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

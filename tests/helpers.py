@@ -1,0 +1,21 @@
+"""Test helpers: run the CLI in-process, read run records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from curvenet.cli import main
+
+
+def cli(*args: str) -> int:
+    return main([*args, "--no-progress"] if args and args[0] not in ("splits", "status", "list", "leaderboard") else list(args))
+
+
+def records(results: Path, name: str = "result.json") -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(results.rglob(name))]
+
+
+def run_dirs(results: Path) -> list[Path]:
+    return sorted(p.parent for p in results.rglob("config.yaml"))

@@ -1,0 +1,127 @@
+"""Engine behaviour: resume equivalence, NaN handling, skip-if-done, run directories, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from baselines.ce import CrossEntropy
+from curvenet.engine.loop import Interrupted
+from curvenet.engine.records import read_record
+from curvenet.run import run_planned
+from curvenet.suites import plan_suite
+from tests.helpers import cli, records, run_dirs
+
+DIGITS_CE = ["method=ce", "seed=1", "split.imbalance_factor=10", "split.noise_rate=0.4", "recipe.epochs=3",
+             "train.deterministic=true"]
+
+
+def _weights(run_dir):
+    return torch.load(run_dir / "model.pt")["model"]
+
+
+def test_interrupted_run_resumes_to_the_same_result(workdirs, tmp_path, monkeypatch):
+    (plan,) = plan_suite("digits", DIGITS_CE)
+    assert run_planned(plan) == "done"
+    reference = read_record(plan.run_dir / "result.json")
+    ref_weights = _weights(plan.run_dir)
+
+    monkeypatch.setenv("CURVEBENCH_RESULTS", str(tmp_path / "again"))
+    (plan2,) = plan_suite("digits", DIGITS_CE)
+    assert plan2.config_hash == plan.config_hash and plan2.run_dir != plan.run_dir
+    for stop in (1, 1):  # killed after epoch 1, then after epoch 2 of the resumed run
+        with pytest.raises(Interrupted):
+            run_planned(plan2, interrupt_after=stop)
+        assert (plan2.run_dir / "checkpoint.pt").exists() and not (plan2.run_dir / "result.json").exists()
+    assert run_planned(plan2) == "done"
+    resumed = read_record(plan2.run_dir / "result.json")
+    assert resumed["metrics"]["top1_per_epoch"] == reference["metrics"]["top1_per_epoch"]
+    assert [p["loss_per_epoch"] for p in resumed["phases"]] == [p["loss_per_epoch"] for p in reference["phases"]]
+    for key, value in ref_weights.items():
+        assert torch.equal(value, _weights(plan2.run_dir)[key]), key
+
+
+def test_nan_loss_stops_the_run_and_names_epoch_and_cause(workdirs, monkeypatch):
+    original = CrossEntropy.train_step
+
+    def nan_in_epoch_1(self, batch, phase, epoch):
+        out = original(self, batch, phase, epoch)
+        return {"loss": out["loss"] * float("nan")} if epoch == 1 else out
+
+    monkeypatch.setattr(CrossEntropy, "train_step", nan_in_epoch_1)
+    assert cli("digits", *DIGITS_CE) == 1
+    (failed,) = records(workdirs["results"], "failed.json")
+    assert failed["status"] == "failed" and failed["failure"]["epoch"] == 1
+    assert "non-finite training loss" in failed["failure"]["cause"]
+    assert not list(workdirs["results"].rglob("result.json"))
+    (run_dir,) = run_dirs(workdirs["results"])
+    before = (run_dir / "failed.json").read_text()
+    assert cli("digits", *DIGITS_CE) == 1  # reported again, never overwritten
+    assert (run_dir / "failed.json").read_text() == before
+    monkeypatch.setattr(CrossEntropy, "train_step", original)
+    assert cli("digits", *DIGITS_CE, "--retry-failed") == 0
+    assert (run_dir / "failed-1.json").read_text() == before and (run_dir / "result.json").exists()
+
+
+def test_finished_runs_are_skipped(workdirs):
+    assert cli("digits", *DIGITS_CE) == 0
+    (path,) = list(workdirs["results"].rglob("result.json"))
+    stamp = path.stat().st_mtime_ns
+    (plan,) = plan_suite("digits", DIGITS_CE)
+    assert run_planned(plan) == "skipped"
+    assert cli("digits", *DIGITS_CE) == 0
+    assert path.stat().st_mtime_ns == stamp
+
+
+def test_the_same_config_always_gives_the_same_directory(workdirs):
+    (a,), (b,) = plan_suite("digits", DIGITS_CE), plan_suite("digits", DIGITS_CE)
+    assert a.run_dir == b.run_dir and a.config_hash == b.config_hash
+    (cpu,) = plan_suite("digits", DIGITS_CE + ["train.device=cpu", "train.progress=false"])
+    assert cpu.run_dir == a.run_dir, "device and progress bars do not change what is trained"
+    (seed2,) = plan_suite("digits", [o if o != "seed=1" else "seed=2" for o in DIGITS_CE])
+    assert seed2.config_hash == a.config_hash and seed2.run_dir != a.run_dir
+    (lr,) = plan_suite("digits", DIGITS_CE + ["recipe.lr=0.01"])
+    assert lr.config_hash != a.config_hash and lr.run_dir != a.run_dir
+    assert str(a.run_dir).startswith(str(workdirs["results"]))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["digits", "method=nope"], "unknown method 'nope'; available: ce"),
+    (["digits", "model=nope"], "unknown model 'nope'"),
+    (["nope"], "unknown suite 'nope'; available:"),
+    (["digits", "recipe.epochs=-3"], "recipe.epochs must be a positive integer, got -3"),
+    (["digits", "recipe.epohcs=3"], "unknown config key 'recipe.epohcs'"),
+    (["digits", "split.noise_rate=1.5", "method=ce"], "noise_rate"),
+    (["cifar10", "method=ce"], "needs a GPU"),
+])
+def test_bad_input_gets_a_clear_error(workdirs, capsys, args, message):
+    assert cli(*args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not list(workdirs["results"].rglob("*.json"))
+
+
+def test_dry_run_lists_the_runs_and_trains_nothing(workdirs, capsys):
+    assert cli("digits", "method=ce", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "12 runs in suite 'digits'" in out and "split.noise_rate=0.4" in out
+    assert not list(workdirs["results"].rglob("*"))
+
+
+def test_overrides_narrow_the_grid(workdirs):
+    runs = plan_suite("digits", ["method=ce", "seed=1,2", "split.noise_rate=0.4"])
+    assert sorted((r.grid["split.imbalance_factor"], r.grid["seed"]) for r in runs) == [(1, 1), (1, 2), (10, 1), (10, 2)]
+
+
+def test_result_records_provenance(workdirs):
+    assert cli("digits", *DIGITS_CE) == 0
+    (rec,) = records(workdirs["results"])
+    assert rec["env"]["torch"] == torch.__version__ and rec["env"]["device"] == "cpu"
+    assert len(rec["config_hash"]) == 64 and len(rec["split_sha256"]) == 64
+    m = rec["metrics"]
+    assert len(m["top1_per_epoch"]) == 3 and m["top1_best"] == max(m["top1_per_epoch"])
+    assert m["top1_last"] == m["top1_per_epoch"][-1] and len(m["per_class_last"]) == 10
+    assert set(m["shot_last"]) == {"many", "medium", "few"}
+    assert json.dumps(rec)  # plain JSON
