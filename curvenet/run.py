@@ -110,7 +110,9 @@ def run_planned(plan: PlannedRun, *, progress: bool = False, retry_failed: bool 
         return "failed"
     _save_models(run_dir / MODEL_FILE, method)
     arrays = method.artifacts()
-    if arrays:
+    if arrays:  # for figures: with the split's observed and clean labels (diagnostics only)
+        arrays = {**arrays, "labels": split.noisy_labels, "clean_labels": split.clean_labels,
+                  "is_noisy": (split.clean_labels >= 0) & (split.clean_labels != split.noisy_labels)}
         _save_npz(run_dir / ARTIFACTS_FILE, arrays)
     atomic_write_text(run_dir / HISTORY_FILE, _json(outcome.history))
     record = build_record(plan, ctx, split, official, outcome, started)
