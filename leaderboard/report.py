@@ -98,7 +98,7 @@ def cells_frame(tables: list[TableResult]) -> pd.DataFrame:
                         ma = block.ma[ri]
                         status = NOT_RUN if not ma.any_runs else ("complete" if ma.complete else
                                                                   f"{ma.missing}/{ma.n_cells} cells missing")
-                        out.append({**entry, "status": status, "seeds": f"{ma.n_seeds} with every cell",
+                        out.append({**entry, "status": status, "seeds": f"{ma.n_seeds} with every cell" if ma.complete else None,
                                     "top1_best_mean": _r(ma.best), "top1_best_std": _r(ma.best_std),
                                     "top1_last_mean": _r(ma.last), "top1_last_std": _r(ma.last_std),
                                     "delta_best": _delta(ma.best, paper)})
