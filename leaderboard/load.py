@@ -13,17 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import jsonschema
 import pandas as pd
 
 from curvenet.engine.records import (
-    FAILED_FILE, RECORD_SCHEMA, RESULT_FILE, SCHEMA_VERSION, RecordError, validate_record,
+    FAILED_FILE, RESULT_FILE, RecordError, validate_record,
 )
 from curvenet.suites import grid_value
 
 RECORD_FILES = (RESULT_FILE, FAILED_FILE)
-# One compiled validator: jsonschema.validate() re-checks the schema itself on every call (~30 ms a record).
-_VALIDATOR = jsonschema.validators.validator_for(RECORD_SCHEMA)(RECORD_SCHEMA)
 MISSING = object()  # a config key the record does not have
 
 # runs.csv columns, in order (plus `tables`, filled in by the report)
@@ -84,9 +81,7 @@ def read_one(path: Path, name: str) -> dict[str, Any]:
         record = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise RecordError(f"{name}: unreadable run record ({err})") from None
-    valid = isinstance(record, dict) and record.get("schema_version") == SCHEMA_VERSION and _VALIDATOR.is_valid(record)
-    if not valid:
-        validate_record(record, name)  # raises with the canonical message
+    validate_record(record, name)
     return record
 
 
