@@ -125,3 +125,13 @@ def test_result_records_provenance(workdirs):
     assert m["top1_last"] == m["top1_per_epoch"][-1] and len(m["per_class_last"]) == 10
     assert set(m["shot_last"]) == {"many", "medium", "few"}
     assert json.dumps(rec)  # plain JSON
+
+
+def test_fast_planning_equals_full_hydra_composition(workdirs):
+    from curvenet.suites import plan_run
+
+    runs = plan_suite("digits", ["method=ce", "recipe.epochs=4"])
+    assert len(runs) == 12
+    for run in runs[::5]:
+        full = plan_run(run.overrides, run.grid)
+        assert full.config == run.config and full.run_dir == run.run_dir
