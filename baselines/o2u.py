@@ -75,8 +75,9 @@ class O2UNet(Method):
     the recipe (200 harmonised epochs, ResNet-32), plus ``pretrain_epochs`` (null: a fifth of
     recipe.epochs, at least 1: 40 harmonised, 6 digits, 1 smoke) and ``num_cycles * cycle_length``
     cyclic epochs (3 cycles x 10 = 30 by default; the digits suite uses 2 cycles x 5 epochs, the
-    smoke suite 1 x 1, through ``suite.method_overrides``). Pre-training uses the recipe's lr schedule truncated to its length (harmonised:
-    warm-up, then 0.1), not a full schedule that decays and memorises the noise.
+    smoke suite 1 x 1, through ``suite.method_overrides``). Pre-training uses the recipe's lr
+    schedule truncated to its length (harmonised: warm-up, then 0.1), not a full schedule that
+    decays and memorises the noise.
     [DECISION] The cyclic stage keeps the official batch size 16 (also CurveNet's probe batch), the
     official r1/r2 and the recipe's optimiser kind (Nesterov, wd from the recipe).
     [DECISION] The retraining starts from a fresh random initialisation (``retrain_init: scratch``,

@@ -329,3 +329,18 @@ def test_o2u_runs_three_phases_and_resumes_exactly(workdirs, tmp_path, monkeypat
     assert again["diagnostics"] == ref["diagnostics"]
     art2 = np.load(plan2.run_dir / "artifacts.npz")
     assert np.array_equal(art["o2u_score"], art2["o2u_score"]) and np.array_equal(art["o2u_kept"], art2["o2u_kept"])
+
+
+def test_o2u_retrain_init_pretrained_restores_the_weights_after_pretraining():
+    m = _o2u_stub(3, 0.0)
+    m.cfg = OmegaConf.create({"retrain_init": "pretrained"})
+    m.model, m.final_model, m.pretrained = Lookup([1.0, 2.0, 3.0]), Lookup([0.0, 0.0, 0.0]), Lookup([9.0, 9.0, 9.0])
+    m.on_phase_start(Phase(CYCLIC, 1, 2))                 # end of pre-training: snapshot
+    with torch.no_grad():
+        m.model.w.add_(5.0)                               # the cyclic stage changes the model
+    m.on_phase_start(Phase(RETRAIN, 1, 2, final=True))
+    assert m.final_model.w[0].tolist() == [1.0, 2.0, 3.0]  # the weights after stage 1, not after stage 2
+    m.cfg = OmegaConf.create({"retrain_init": "scratch"})
+    m.final_model = Lookup([0.5, 0.5, 0.5])
+    m.on_phase_start(Phase(RETRAIN, 1, 2, final=True))
+    assert m.final_model.w[0].tolist() == [0.5, 0.5, 0.5]  # fresh init built in setup, untouched
