@@ -7,6 +7,8 @@ import importlib
 
 METHOD_MODULES = (
     "baselines.ce",
+    "baselines.coteaching",
+    "baselines.o2u",
 )
 
 _loaded = False

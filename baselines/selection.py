@@ -1,0 +1,57 @@
+"""Helpers shared by the sample-selection methods (Co-teaching, O2U-Net): the forget rate, small-loss
+selection, and the precision/recall of a selection against the clean labels (diagnostics only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from curvenet.engine.method import ConfigError
+
+
+def forget_rate(cfg: Any) -> float:
+    """tau from a full run config: ``method.forget_rate`` when set, else the nominal noise rate
+    ``split.noise_rate`` (privileged, as in the official Co-teaching and O2U-Net code)."""
+    value = cfg.method.get("forget_rate")
+    return float(cfg.split.noise_rate if value is None else value)
+
+
+def check_forget_rate(cfg: Any) -> float:
+    """``forget_rate(cfg)``, or a ConfigError that says what to change when it is outside [0, 1)."""
+    name = cfg.method.name
+    explicit = cfg.method.get("forget_rate") is not None
+    try:
+        tau = forget_rate(cfg)
+    except (TypeError, ValueError):
+        raise ConfigError(f"method.forget_rate must be a number in [0, 1) or null, got "
+                          f"{cfg.method.get('forget_rate')!r}") from None
+    if not 0.0 <= tau < 1.0:
+        if explicit:
+            raise ConfigError(f"{name}: method.forget_rate must be in [0, 1) (the fraction of samples dropped), "
+                              f"got {tau}; set method.forget_rate=<value in [0, 1)>")
+        raise ConfigError(f"{name}: method.forget_rate is null, so the forget rate is split.noise_rate={tau}, "
+                          "which is outside [0, 1); set method.forget_rate=<value in [0, 1)>")
+    return tau
+
+
+def small_loss_positions(loss: torch.Tensor, num_keep: int) -> torch.Tensor:
+    """Positions (in ``loss``) of the ``num_keep`` smallest values; ties go to the lower position.
+    A stable sort on the device: no host synchronisation, deterministic on CPU and GPU."""
+    return torch.sort(loss.detach(), stable=True).indices[:num_keep]
+
+
+def precision_recall(selected: torch.Tensor, candidates: torch.Tensor, is_clean: torch.Tensor) -> dict[str, float]:
+    """Precision (fraction of the selected samples that are clean) and recall (fraction of the clean
+    candidates that were selected), over the ``candidates`` (bool masks over the training set).
+    A value whose denominator is 0 is left out (JSON has no NaN)."""
+    sel = selected & candidates
+    n_sel = int(sel.sum())
+    n_clean = int((candidates & is_clean).sum())
+    tp = int((sel & is_clean).sum())
+    out: dict[str, float] = {}
+    if n_sel:
+        out["precision"] = tp / n_sel
+    if n_clean:
+        out["recall"] = tp / n_clean
+    return out
