@@ -7,6 +7,11 @@ import importlib
 
 METHOD_MODULES = (
     "baselines.ce",
+    "baselines.focal",
+    "baselines.class_balanced",
+    "baselines.ldam_drw",
+    "baselines.dal",
+    "baselines.har",
 )
 
 _loaded = False
