@@ -66,7 +66,9 @@ class DAL(Method):
     Deviations: the harmonised recipe (ResNet-32, 200 epochs, SGD 0.1 Nesterov, wd 5e-4, warm-up,
     x0.1 at 80/100) instead of DAL's official one (ResNet-18, 150 epochs, SGD lr 0.01, momentum 0.9,
     wd 1e-4, cosine annealing to 0, no warm-up); the ramps follow the recipe's epoch count. DAL
-    ignores class imbalance and is run unchanged on the imbalanced splits.
+    ignores class imbalance and is run unchanged on the imbalanced splits. Expect it to leave the
+    rarest classes unlearnt there: once q >= 1 the loss is MAE-like and the gradient of a sample
+    scales with p_y^q, which is small for tail classes (digits, IF 10: 0 % on the rarest classes).
     """
 
     @classmethod

@@ -162,7 +162,8 @@ class HAR(Method):
     never combines the two; ``folds: 1`` reproduces it.
     [DECISION] lambda = 10 (``reg_weight``), the value of the README's only training command; the
     argparse default 0.1 makes the regulariser negligible, since the gradients of the batch-mean CE
-    carry a 1/B factor.
+    carry a 1/B factor (digits, IF 10, p 0.4, 3 seeds: lambda 0.1 / 10 / 100 give about 73 / 72 /
+    27 % against CE's 73.5 %; ResNet-32 sums 30 layers instead of digits_cnn's 3).
     [DECISION] estimation length ``est_epochs`` null = the recipe's epochs, with the recipe's
     schedule (scaled when est_epochs differs): the official estimation runs the same 120-epoch
     schedule (lr 0.1, x0.1 at 80/100) as its final training.
@@ -199,13 +200,14 @@ class HAR(Method):
         self.est_recipe = scaled_recipe(ctx.recipe, self.est_epochs)
         self.lam = float(self.cfg.reg_weight)
         self.drw_epoch = drw_start_epoch(ctx.recipe, self.cfg.drw_epoch) if self.cfg.drw else None
-        # every network up front: one per estimation fold, and the final one
+        # every network up front: the final one first (the same initial weights as CE's network
+        # for the same seed), then one per estimation fold
+        self.model = ctx.build_model()
+        self.optimizer = ctx.build_optimizer(self.model.parameters())
         self.est_models = nn.ModuleList([ctx.build_model() for _ in range(self.folds)])
         self.est_optimizers = [ctx.build_optimizer(m.parameters()) for m in self.est_models]
         for i, opt in enumerate(self.est_optimizers):
             setattr(self, f"est_optimizer{i + 1}", opt)  # attributes with state_dict are checkpointed
-        self.model = ctx.build_model()
-        self.optimizer = ctx.build_optimizer(self.model.parameters())
         for module in self.model.modules():
             if isinstance(module, nn.ReLU):
                 module.inplace = False
