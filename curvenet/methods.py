@@ -7,8 +7,13 @@ import importlib
 
 METHOD_MODULES = (
     "baselines.ce",
+    "baselines.focal",
+    "baselines.class_balanced",
+    "baselines.ldam_drw",
     "baselines.coteaching",
     "baselines.o2u",
+    "baselines.har",
+    "baselines.dal",
 )
 
 _loaded = False
