@@ -7,6 +7,8 @@ import importlib
 
 METHOD_MODULES = (
     "baselines.ce",
+    "baselines.dynamic_loss",
+    "baselines.mwnet",
 )
 
 _loaded = False
