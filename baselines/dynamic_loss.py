@@ -169,7 +169,8 @@ def hierarchical_sample(loss: torch.Tensor, labels: torch.Tensor, num_classes: i
 def dynamic_meta_loss(fm: FunctionalModel, params: dict[str, torch.Tensor], metanet: DynamicLossNet,
                       x_weak: torch.Tensor, y: torch.Tensor, rank: torch.Tensor,
                       sample_q: Callable[[torch.Tensor], torch.Tensor], meta_x: torch.Tensor, meta_y: torch.Tensor,
-                      rule: SGDRule, buffers: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      rule: SGDRule,
+                      buffers: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One Dynamic Loss meta iteration up to the meta loss, differentiable w.r.t. the meta-net: the
     weak-view forward, q = ``sample_q(detached logits)``, a virtual step on mean soft-CE(f(weak) + m, t),
     then the hard CE of the virtual model on the meta batch. Returns (meta loss, detached weak logits)."""
@@ -306,7 +307,8 @@ class DynamicLoss(Method):
         if m2 < 1:
             raise ConfigError(f"hierarchical sampling keeps int({cfg.first_select_ratio} * {n_min} * "
                               f"{cfg.second_select_ratio}) = 0 samples per class (smallest observed class: {n_min}); "
-                              "raise method.first_select_ratio / second_select_ratio or use a split with larger classes")
+                              "raise method.first_select_ratio / second_select_ratio or use a split with larger "
+                              "classes")
         chosen = hierarchical_sample(loss, labels, ctx.num_classes, m1, m2, ctx.generator)
         self.in_meta = torch.zeros(self.n_train, dtype=torch.bool, device=ctx.device)
         self.in_meta[chosen] = True
@@ -401,7 +403,8 @@ class DynamicLoss(Method):
         seen = (self.corrected >= 0) & (clean.labels >= 0)
         right = self.corrected == clean.labels
         out: dict[str, Any] = {}
-        for key, mask in (("lc_acc", seen), ("lc_acc_noisy", seen & clean.noisy), ("lc_acc_clean", seen & ~clean.noisy)):
+        for key, mask in (("lc_acc", seen), ("lc_acc_noisy", seen & clean.noisy),
+                          ("lc_acc_clean", seen & ~clean.noisy)):
             if bool(mask.any()):
                 out[key] = float(right[mask].float().mean())
         if not self.is_warm(epoch):

@@ -79,7 +79,8 @@ def _ctx(method: str, *overrides: str, tmp_path=None) -> tuple[TrainContext, Cle
     clean_labels[::4] = (clean_labels[::4] + 1) % k  # every fourth observed label is wrong
     clean = CleanLabels(clean_labels, clean_labels != labels)
     ctx = TrainContext(cfg=cfg, device=torch.device("cpu"), num_classes=k, image_shape=(1, 8, 8), train=train,
-                       test=test, meta=MetaSampler(meta), generator=gens["method"], run_dir=tmp_path, cache_dir=tmp_path,
+                       test=test, meta=MetaSampler(meta), generator=gens["method"], run_dir=tmp_path,
+                       cache_dir=tmp_path,
                        split_sha256="0" * 64, split_spec={}, seed=1)
     ctx.extra["generators"] = gens
     return ctx, clean
@@ -135,7 +136,8 @@ def test_weighted_losses_by_hand():
     # imbalance variant: sum_i w_i l_i / sum_j w_j = 2.3 / 1.0
     torch.testing.assert_close(weighted_loss(w, loss, normalize=True), torch.tensor(2.3))
     # (0.1 * 1 + 0.1 * 3) / 0.2 = 2.0: normalisation makes the scale of w irrelevant
-    torch.testing.assert_close(weighted_loss(torch.tensor([0.1, 0.1]), torch.tensor([1.0, 3.0]), True), torch.tensor(2.0))
+    torch.testing.assert_close(weighted_loss(torch.tensor([0.1, 0.1]), torch.tensor([1.0, 3.0]), True),
+                               torch.tensor(2.0))
 
 
 def test_zero_weight_sum_is_left_unnormalised_without_nan():
@@ -237,7 +239,8 @@ def test_rank_formula_by_hand():
     # class 2 (n=1): idx 5: 0
     assert class_ranks(loss, labels, 3, 100).tolist() == [25, 0, 0, 50, 33, 0]
     # R = 10, one class of 9: floor(j / 10 * 10) = j
-    assert class_ranks(torch.arange(9.0).flip(0), torch.zeros(9, dtype=torch.int64), 1, 10).tolist() == list(range(9))[::-1]
+    ranks = class_ranks(torch.arange(9.0).flip(0), torch.zeros(9, dtype=torch.int64), 1, 10)
+    assert ranks.tolist() == list(range(9))[::-1]
 
 
 def test_hs_sizes_by_hand():
@@ -292,7 +295,8 @@ def test_corrected_target_and_soft_cross_entropy_by_hand():
     ce = soft_cross_entropy(torch.tensor([[1.0, 0.0, 0.0]]), t[:1])
     torch.testing.assert_close(ce, torch.tensor([0.751445]), rtol=1e-5, atol=1e-6)
     no_lc = DynamicLossNet(num_classes=3, h_dim=4, rank_num=5, use_lc=False, use_mg=False)
-    torch.testing.assert_close(no_lc.target(torch.tensor([2]), torch.tensor([1]), q[:1]), torch.tensor([[0.0, 1.0, 0.0]]))
+    torch.testing.assert_close(no_lc.target(torch.tensor([2]), torch.tensor([1]), q[:1]),
+                               torch.tensor([[0.0, 1.0, 0.0]]))
     torch.testing.assert_close(no_lc.margin(), torch.zeros(1, 3))
 
 
