@@ -12,8 +12,10 @@ METHOD_MODULES = (
     "baselines.ldam_drw",
     "baselines.coteaching",
     "baselines.o2u",
+    "baselines.mwnet",
     "baselines.har",
     "baselines.dal",
+    "baselines.dynamic_loss",
 )
 
 _loaded = False
