@@ -51,9 +51,9 @@ Deviations from the official code:
   official code runs it on the real model in train mode, updating them with weak-view batches);
 - the official runner computes the epoch-start losses twice in meta epochs (the same eval-mode values,
   a second random level-1 draw); here once;
-- the engine calls ``train_subset`` once per phase, so the training positions are one persistent
-  tensor, replaced in place (``Tensor.set_``) in ``on_epoch_start``; a device-side counter checks in
-  every meta epoch that no pseudo-meta sample was trained on.
+- the training positions of an epoch (all samples but the pseudo-meta set) are chosen in
+  ``on_epoch_start`` and returned by ``train_subset``, which the engine reads every epoch; a
+  device-side counter checks in every meta epoch that no pseudo-meta sample was trained on.
 
 Diagnostics (clean labels, measurement only): the label-correction accuracy, the fraction of samples
 whose corrected target's argmax equals the clean label (``lc_acc``), separately on noisy
@@ -239,7 +239,7 @@ class DynamicLoss(Method):
         self.n_train = n
         self.pool = self._pool()  # training samples (observed labels) [+ the clean meta set]
         self.rank = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.train_positions = torch.arange(n, device=dev)  # replaced in place each epoch (see train_subset)
+        self.train_positions = torch.arange(n, device=dev)  # this epoch's training samples (see train_subset)
         self.meta_positions = torch.empty(0, dtype=torch.int64, device=dev)  # positions in self.pool
         self.in_meta = torch.zeros(n, dtype=torch.bool, device=dev)
         self.corrected = torch.full((n,), -1, dtype=torch.int64, device=dev)  # argmax of this epoch's targets
@@ -268,8 +268,7 @@ class DynamicLoss(Method):
         return epoch < self.warm_epochs
 
     def train_subset(self, phase: Phase) -> torch.Tensor:
-        # The engine asks once per phase; on_epoch_start replaces this tensor's contents in place.
-        return self.train_positions
+        return self.train_positions  # chosen in on_epoch_start; the engine reads it every epoch
 
     # -- per-epoch work -------------------------------------------------------------------------
     @torch.no_grad()
@@ -300,7 +299,7 @@ class DynamicLoss(Method):
         if self.is_warm(epoch):
             self.in_meta.zero_()
             self.meta_positions = torch.empty(0, dtype=torch.int64, device=ctx.device)
-            self.train_positions.set_(torch.arange(self.n_train, device=ctx.device))
+            self.train_positions = torch.arange(self.n_train, device=ctx.device)
             return
         n_min = int(np.min(ctx.class_counts))
         m1, m2 = hs_sizes(n_min, float(cfg.first_select_ratio), float(cfg.second_select_ratio))
@@ -312,7 +311,7 @@ class DynamicLoss(Method):
         chosen = hierarchical_sample(loss, labels, ctx.num_classes, m1, m2, ctx.generator)
         self.in_meta = torch.zeros(self.n_train, dtype=torch.bool, device=ctx.device)
         self.in_meta[chosen] = True
-        self.train_positions.set_(torch.nonzero(~self.in_meta).flatten())
+        self.train_positions = torch.nonzero(~self.in_meta).flatten()
         if bool(cfg.union_clean_meta):
             extra = torch.arange(self.n_train, len(self.pool), device=ctx.device)
             chosen = torch.cat([chosen, extra])
@@ -387,7 +386,7 @@ class DynamicLoss(Method):
         overlap = int(self._overlap)
         if overlap:
             raise RuntimeError(f"dynamic_loss: {overlap} pseudo-meta samples were trained on in epoch {epoch}; the "
-                               "engine must read train_subset's tensor after on_epoch_start")
+                               "engine must read train_subset after on_epoch_start")
         logs = {"meta_loss": float(self._meta_loss) / max(1, self._meta_steps),
                 "pseudo_meta_size": float(self.meta_positions.shape[0])}
         if bool(self.cfg.finetune):

@@ -341,19 +341,19 @@ def test_dynamic_loss_warm_up_switch_and_pseudo_meta_set(tmp_path):
     assert [method.is_warm(e) for e in range(4)] == [True, True, False, False]
     default, _, _ = _method(DynamicLoss, tmp_path=tmp_path)
     assert default.warm_epochs == ctx.cfg.recipe.warmup_epochs == 2  # null: the recipe's warm-up length
-    subset = method.train_subset(PHASE)
     method.on_epoch_start(PHASE, 1)
-    assert subset.shape == (30,) and method.meta_positions.numel() == 0
+    assert method.train_subset(PHASE).shape == (30,) and method.meta_positions.numel() == 0
     assert method.rank.tolist() == class_ranks(method.epoch_losses(), ctx.train.labels, 3, 100).tolist()
     method.on_epoch_start(PHASE, 2)
-    # n_min = 6: m1 = 3, m2 = 1 per class, removed from this epoch's training positions (same tensor)
-    assert method.meta_positions.shape == (3,) and subset.shape == (27,) and subset is method.train_subset(PHASE)
+    # n_min = 6: m1 = 3, m2 = 1 per class, removed from this epoch's training positions
+    subset = method.train_subset(PHASE)  # the engine reads it after on_epoch_start, every epoch
+    assert method.meta_positions.shape == (3,) and subset.shape == (27,)
     assert sorted(ctx.train.labels[method.meta_positions].tolist()) == [0, 1, 2]
     assert not set(subset.tolist()) & set(method.meta_positions.tolist())
     assert set(subset.tolist()) | set(method.meta_positions.tolist()) == set(range(30))
     assert len(method.meta_sampler) == 3
     method.on_epoch_start(PHASE, 1)
-    assert subset.shape == (30,)
+    assert method.train_subset(PHASE).shape == (30,)
 
 
 def test_dynamic_loss_lc_warm_up_runs_below_the_iteration_limit(tmp_path):

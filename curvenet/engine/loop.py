@@ -88,9 +88,8 @@ class Trainer:
             first = start_epoch if pi == start_phase else 0
             if not (resumed and pi == start_phase and first > 0):
                 method.on_phase_start(phase)
-            subset = method.train_subset(phase)
             for epoch in range(first, phase.epochs):
-                entry = self._epoch(phase, epoch, subset)
+                entry = self._epoch(phase, epoch)
                 entry["elapsed_s"] = time.perf_counter() - t0
                 if phase.evaluate:
                     conf, extra = self._evaluate()
@@ -125,9 +124,10 @@ class Trainer:
                             last.get("top1_extra", {}), time.perf_counter() - t0)
 
     # ------------------------------------------------------------------------------------------
-    def _epoch(self, phase: Phase, epoch: int, subset: torch.Tensor | None) -> dict[str, Any]:
+    def _epoch(self, phase: Phase, epoch: int) -> dict[str, Any]:
         method, ctx = self.method, self.ctx
         method.on_epoch_start(phase, epoch)
+        subset = method.train_subset(phase)  # may change from epoch to epoch (Dynamic Loss)
         dev = ctx.device
         loss_sum = torch.zeros((), device=dev)
         bad = torch.zeros((), dtype=torch.bool, device=dev)

@@ -7,9 +7,9 @@ Lifecycle, driven by the engine::
     method.setup()                      # build networks and optimisers (all of them, up front)
     for phase in method.phases():       # one phase for most methods; several for O2U, HAR, CurveNet
         method.on_phase_start(phase)    # not called again when a run resumes inside this phase
-        subset = method.train_subset(phase)
         for epoch in range(phase.epochs):
             method.on_epoch_start(phase, epoch)
+            subset = method.train_subset(phase)                 # read every epoch
             for batch in ctx.train.batches(phase.batch_size, subset):
                 logs = method.train_step(batch, phase, epoch)   # tensors only: no host sync
             method.on_epoch_end(phase, epoch)                   # may sync; returns floats to log
@@ -93,7 +93,8 @@ class Method:
         pass
 
     def train_subset(self, phase: Phase) -> torch.Tensor | None:
-        """Positions of the training samples this phase trains on (None: all)."""
+        """Positions of the training samples to train on this epoch (None: all); read after
+        ``on_epoch_start`` every epoch."""
         return None
 
     def on_epoch_start(self, phase: Phase, epoch: int) -> None:
