@@ -7,6 +7,7 @@ import importlib
 
 METHOD_MODULES = (
     "baselines.ce",
+    "curvenet.method",
 )
 
 _loaded = False
