@@ -189,6 +189,16 @@ def test_slmo_keeps_the_skipped_layers_out_of_the_virtual_step():
         assert torch.equal(b, bn_before[n]), n  # the real BN statistics are untouched
 
 
+def test_slmo_groups_of_wrn16_8_follow_the_code():
+    with torch.device("meta"):
+        wrn = build_model("wrn16_8", 10)
+    # the code's froze() on WRN: conv1 (no BN in WRN's stem), then block1 .. block(SL-1)
+    assert [slmo_frozen(wrn, sl) for sl in range(4)] == [(), ("conv1",), ("conv1", "block1"),
+                                                         ("conv1", "block1", "block2")]
+    with pytest.raises(ConfigError, match="0..3"):
+        slmo_frozen(wrn, 4)
+
+
 def test_meta_step_flops_drop_monotonically_with_sl():
     torch.manual_seed(2)
     model = build_model("resnet32", 10)
@@ -501,9 +511,10 @@ def test_interrupted_curvenet_run_resumes_to_the_same_result(workdirs, tmp_path,
     monkeypatch.setenv("CURVEBENCH_SPLITS", str(tmp_path / "splits2"))  # so that this run probes too
     monkeypatch.setenv("CURVEBENCH_RESULTS", str(tmp_path / "again"))
     plan2 = _plan(*overrides)
-    # killed inside the probe, inside the cyclic probe, and just after the probe ended (its curves are
-    # published, the allocating stage has not started), then inside the allocating stage
-    for stop in (1, 2, 2, 1):
+    # killed inside the probe, inside the cyclic probe, just after the probe ended (its curves are
+    # published, the allocating stage has not started), after the first epoch of the allocating stage
+    # (the last checkpoint of a probe phase is gone), then inside the allocating stage
+    for stop in (1, 2, 2, 1, 1):
         with pytest.raises(Interrupted):
             run_planned(plan2, interrupt_after=stop)
     assert run_planned(plan2) == "done"

@@ -207,9 +207,10 @@ class CurveNetMethod(Method):
             self._key = key
             self.num_epochs = probe_epochs(c.probe)
             self._lock = ProbeLock(self.curves_file, str(ctx.run_dir), float(c.probe.stale_after_s))
-            if self._marker.exists():  # resuming inside our own probe: finish it (the checkpoint needs its phases)
-                self._lock.try_acquire()
-                self.probe_needed = True
+            if self._marker.exists():  # resuming after our own probe started: keep its phases (the checkpoint
+                self.probe_needed = True  # names them); reclaim our lock if the curves are still missing
+                if not self.curves_file.exists():
+                    self._lock.try_acquire()
             else:
                 self.probe_needed = claim_probe(self.curves_file, self._lock, bool(c.probe.wait), float(c.probe.poll_s))
         check_curve_window(self.num_epochs, int(c.skip_first), bool(c.drop_last_epoch))
@@ -285,6 +286,10 @@ class CurveNetMethod(Method):
                 self._lock.heartbeat(force=True)
             return
         self._ensure_curves()  # after a resume
+        if self.probe_model is not None:  # resumed inside the allocating stage of a run that probed
+            self._drop_probe()
+        if epoch >= 1:  # a checkpoint of the allocating stage exists: a resume no longer needs the probe phases
+            self._marker.unlink(missing_ok=True)
         ctx.set_lr(self.optimizer, ctx.recipe_lr(epoch))
         if epoch < self.freeze_epoch and c.meta_restart_each_epoch:
             self.meta_sampler.load_state_dict({"order": None, "pos": 0})  # the code's per-epoch iter()
@@ -340,6 +345,7 @@ class CurveNetMethod(Method):
         return out
 
     def artifacts(self) -> dict[str, np.ndarray]:
+        self._marker.unlink(missing_ok=True)  # the run is over (artifacts are asked for at its end)
         out = {"weights": self.sample_weights.detach().float().cpu().numpy()}
         if self.curves_file.exists():
             out["curves"] = self._read_curves()
@@ -367,7 +373,6 @@ class CurveNetMethod(Method):
     def _drop_probe(self) -> None:
         self.probe_model = self.probe_optimizer = None
         self.probe_losses = self.probe_rng_state = None
-        self._marker.unlink(missing_ok=True)
         if self._lock is not None:
             self._lock.release()
 
