@@ -522,6 +522,8 @@ def test_interrupted_curvenet_run_resumes_to_the_same_result(workdirs, tmp_path,
     assert [p["name"] for p in resumed["phases"]] == ["probe", "probe_cyclic", "allocate"]
     assert [p["loss_per_epoch"] for p in resumed["phases"]] == [p["loss_per_epoch"] for p in reference["phases"]]
     assert resumed["metrics"]["top1_per_epoch"] == reference["metrics"]["top1_per_epoch"]
+    timed = [[e.get("time_samples") for e in rec["diagnostics"]["per_epoch"]] for rec in (reference, resumed)]
+    assert timed[0] == timed[1] and timed[0][-1] >= 1  # timing samples survive the resumes
     for key, value in ref_model.items():
         assert torch.equal(value, torch.load(plan2.run_dir / "model.pt")["model"][key]), key
     assert np.array_equal(np.load(plan2.run_dir / "artifacts.npz")["weights"], ref_weights)

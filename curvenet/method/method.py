@@ -291,6 +291,7 @@ class CurveNetMethod(Method):
         if epoch >= 1:  # a checkpoint of the allocating stage exists: a resume no longer needs the probe phases
             self._marker.unlink(missing_ok=True)
         ctx.set_lr(self.optimizer, ctx.recipe_lr(epoch))
+        self.timer.samples = self.timing_samples  # a resume replaces the dict (extra_state)
         if epoch < self.freeze_epoch and c.meta_restart_each_epoch:
             self.meta_sampler.load_state_dict({"order": None, "pos": 0})  # the code's per-epoch iter()
         if self.drw:
@@ -390,14 +391,17 @@ class CurveNetMethod(Method):
         if raw.shape[1] != self.num_epochs:
             raise ConfigError(f"{self.curves_file} holds {raw.shape[1]} epochs, but CurveNet was built for "
                               f"{self.num_epochs}; delete the file or fix method.probe")
-        losses = torch.from_numpy(raw).to(ctx.device)
-        self._store["curves"] = normalise_curves(losses, ctx.train.labels, ctx.num_classes, int(c.skip_first),
-                                                 bool(c.drop_last_epoch), bool(c.std_normalise))
+        # on the CPU, once per run: deterministic (index_add_ on CUDA is not) and cheap
+        losses, labels = torch.from_numpy(raw), ctx.train.labels.cpu()
+        curves = normalise_curves(losses, labels, ctx.num_classes, int(c.skip_first), bool(c.drop_last_epoch),
+                                  bool(c.std_normalise))
+        self._store["curves"] = curves.to(ctx.device)
         self._store["coverage"] = float(np.mean(~np.isnan(raw)))
         if self.use_pseudo_meta:
             if self.pseudo_meta_index is None:
-                self.pseudo_meta_index = lowest_loss_per_class(losses, ctx.train.labels, ctx.num_classes,
-                                                               int(c.pseudo_meta_per_class), str(c.pseudo_meta_score))
+                self.pseudo_meta_index = lowest_loss_per_class(losses, labels, ctx.num_classes,
+                                                               int(c.pseudo_meta_per_class),
+                                                               str(c.pseudo_meta_score)).to(ctx.device)
             self.meta_sampler.subset = self.pseudo_meta_index
 
     @property
