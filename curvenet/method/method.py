@@ -29,7 +29,9 @@ Choices where the paper and the code differ: the code is followed, each behind a
 - the meta loader restarts (reshuffles) at every epoch, as the code's per-epoch ``iter()``
   (``meta_restart_each_epoch``);
 - SLMO (``slmo`` = SL) freezes the stem and the first SL-1 stages in the functional copy only, with
-  their BatchNorm in eval mode, as the code's ``froze()``.
+  their BatchNorm in eval mode, as the code's ``froze()``;
+- DRW starts the epoch *after* the first LR decay (the code's ``epoch > step[0]``; ``drw_start_epoch``)
+  and weights the real step only (the virtual step never runs after the freeze anyway).
 
 Deviations from the code (not flags):
 - [DECISION] DRW (``curvenet_drw``, Table 6) counts classes with the *observed* labels
@@ -50,7 +52,15 @@ Meta set: the split's clean meta set (``split.meta_per_class`` = k, removed from
 as in the code, so the pool changes with k), optionally cut to ``meta_per_class`` per class
 (the first ones; a fixed-pool variant of Table 7). k = 0 (``split.meta_per_class=0`` or
 ``method.meta_per_class=0``): the ``pseudo_meta_per_class`` (10) training samples of each
-*observed* class with the lowest mean probe loss, with their observed labels (Table 7 "0").
+*observed* class with the lowest mean probe loss, with their observed labels (Table 7 "0"); this
+pseudo-meta sampler (``MetaSampler(ctx.train, subset)``) draws its batches and augmentation from the
+engine's data stream.
+
+Diagnostics (per allocating epoch): ``mean_weight_clean`` / ``mean_weight_noisy`` (each sample's
+latest weight), ``curvenet_frozen``, ``pseudo_meta_clean_fraction`` (k = 0), ``probe_coverage`` and the
+medians ``time_virtual_ms``, ``time_meta_forward_ms``, ``time_meta_backward_ms`` (with the Adam step,
+as the code's "meta time"), ``time_real_ms``, ``time_meta_ms``. Artifacts: ``weights`` [n] (the
+weights at the freeze, which no longer change) and ``curves`` [n, T] (the raw probe losses).
 """
 
 from __future__ import annotations
