@@ -16,6 +16,7 @@ METHOD_MODULES = (
     "baselines.har",
     "baselines.dal",
     "baselines.dynamic_loss",
+    "curvenet.method",
 )
 
 _loaded = False
