@@ -78,7 +78,7 @@ from curvenet.engine.data import Batch, MetaSampler
 from curvenet.engine.method import ConfigError, Method, Phase, register_method
 from curvenet.engine.virtual import FunctionalModel, SGDRule, meta_backward, momentum_buffers, slmo_frozen
 from curvenet.method.curves import check_curve_window, curve_dim, lowest_loss_per_class, normalise_curves
-from curvenet.method.drw import class_balanced_weights
+from baselines.common import class_balanced_weights
 from curvenet.method.meta_step import meta_loss, virtual_params
 from curvenet.method.network import CurveNet
 from curvenet.method.probe import (
