@@ -22,7 +22,7 @@ from curvenet.engine.method import ConfigError
 from curvenet.engine.virtual import FunctionalModel, SGDRule, meta_backward, slmo_frozen
 from curvenet.method import CurveNetDRW, CurveNetMethod
 from curvenet.method.curves import class_epoch_stats, lowest_loss_per_class, normalise_curves
-from curvenet.method.drw import class_balanced_weights
+from baselines.common import class_balanced_weights
 from curvenet.method.meta_step import meta_loss, virtual_params
 from curvenet.method.network import CurveNet
 from curvenet.method.probe import (
