@@ -54,12 +54,14 @@ def test_perf_quick_prints_the_tables_and_writes_json(tmp_path, capsys):
                "--rounds", "1", "--train-size", "64", "--json", str(out)) == 0
     text = capsys.readouterr().out
     for needle in ("ce", "meta SL0", "meta SL3", "mwnet functional (ours)", "mwnet reference (deepcopy)",
-                   "meta_backward ms", "host syncs/step", "load avg", "torch"):
+                   "meta_backward ms", "host syncs", "ATen ops", "load avg", "torch"):
         assert needle in text, needle
     data = json.loads(out.read_text())
     (rep,) = data["steps"]
     cases = rep["cases"]
     assert cases["ce"]["host_syncs_per_step"] == 0 and cases["ce"]["images_per_second"] > 0
+    ops = {k: cases[k]["aten_ops_per_step"] for k in ("meta SL0", "meta SL3", "ce")}
+    assert ops["meta SL0"] > ops["meta SL3"] > ops["ce"] > 0
     assert cases["meta SL0"]["gflop_per_image"] > cases["meta SL3"]["gflop_per_image"] > cases["ce"]["gflop_per_image"]
     assert {"virtual", "meta_forward", "meta_backward", "real"} <= set(cases["meta SL0"]["phase_seconds_median"])
     names = {c["name"] for c in rep["checks"]}

@@ -49,6 +49,7 @@ class CaseResult:
     flops: dict[str, float] = field(default_factory=dict)  # per phase, whole batch
     syncs: int = 0
     sync_sites: str = ""
+    ops: int = 0  # ATen ops dispatched per step
     skipped: str = ""  # reason, when skipped
 
     @property
@@ -266,11 +267,13 @@ def run_cases(cases: Sequence[Case], model: str, device: torch.device, *, rounds
                 for _ in range(sync_steps):
                     case.run_step(_noop)
             res.syncs = -(-sc.count // sync_steps)
+            res.ops = sc.report.ops // sync_steps
             res.sync_sites = sc.report.summary() or "; ".join(
                 f"{k} x{v}" for k, v in sc.report.cuda_sites.most_common(3))
             res.flops = step_flops(case.run_step)
             live.append(case)
-            log(f"  built {case.name}: {res.gflop_per_image:.3f} GFLOP/img, {res.syncs} host syncs/step")
+            log(f"  built {case.name}: {res.gflop_per_image:.3f} GFLOP/img, {res.ops} ATen ops/step, "
+                f"{res.syncs} host syncs/step")
         except Skip as err:
             res.skipped = str(err)
             log(f"  skipped {case.name}: {err}")

@@ -63,9 +63,9 @@ def model_table(rep: ModelReport) -> str:
         iqr = f"{_ms(c.iqr[0])}-{_ms(c.iqr[1])}" if c else "-"
         rows.append([name, r.kind, r.batch_size, _ms(c.median) if c else "-", iqr,
                      f"{c.images_per_second:.0f}" if c else "-", _f(ratio[0], 2), _f(r.gflop_per_image),
-                     _f(flop_ratio, 2), r.syncs])
+                     _f(flop_ratio, 2), r.ops, r.syncs])
     headers = ["step", "kind", "batch", "ms/step", "IQR ms", "img/s", f"time x {base}", "GFLOP/img",
-               f"FLOPs x {base}", "host syncs/step"]
+               f"FLOPs x {base}", "ATen ops", "host syncs"]
     return tabulate(rows, headers=headers, disable_numparse=True)
 
 
@@ -172,7 +172,7 @@ def to_json(rep: ModelReport, device: torch.device) -> dict[str, Any]:
         entry: dict[str, Any] = {"group": r.group, "kind": r.kind, "batch_size": r.batch_size,
                                  "skipped": r.skipped or None, "gflop_per_image": r.gflop_per_image,
                                  "gflop_per_image_phases": {p: r.phase_gflop(p) for p in r.flops},
-                                 "host_syncs_per_step": r.syncs, "sync_sites": r.sync_sites}
+                                 "host_syncs_per_step": r.syncs, "sync_sites": r.sync_sites, "aten_ops_per_step": r.ops}
         if t and name in t.cases:
             c = t.cases[name]
             entry.update(seconds_per_step_rounds=c.seconds, seconds_median=c.median, iqr=list(c.iqr),

@@ -83,6 +83,7 @@ class SyncReport:
     sites: Counter = field(default_factory=Counter)  # "file:line (fn): reason" -> count
     cuda: int = 0  # syncs CUDA itself reported (set_sync_debug_mode; CUDA runs only)
     cuda_sites: Counter = field(default_factory=Counter)
+    ops: int = 0  # ATen ops dispatched (host work per step: what bounds a small net's eager GPU step)
 
     def add(self, reason: str) -> None:
         site, in_optim = _site()
@@ -102,6 +103,7 @@ class _Dispatch(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         kwargs = kwargs or {}
+        self.report.ops += 1
         reason = _why(func, args, kwargs)
         if reason is not None:
             self.report.add(reason)
