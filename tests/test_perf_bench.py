@@ -151,3 +151,28 @@ def test_concurrent_workers_report_their_throughput():
 
     r = run_concurrent(2, model="resnet8", batch_size=4, duration=1.0, timeout=300)
     assert len(r["workers"]) == 2 and r["aggregate_images_per_second"] > 0
+
+
+def test_a_registered_method_that_marks_its_phases_is_timed_per_phase_at_every_sl(tiny_data, tmp_path, monkeypatch):
+    """How CurveNet will be timed once registered: it calls ctx.mark_phase(...) in train_step, and its
+    SLMO knob (found in its config, or given with --sl-key) is swept."""
+    from curvenet.perf.bench import method_cases
+    from curvenet.perf.report import _meta_cases, phase_table
+
+    original = CrossEntropy.train_step
+
+    def marked(self, batch, phase, epoch):
+        self.ctx.mark_phase("virtual")
+        self.model(batch.x).sum().backward()
+        self.ctx.mark_phase("real")
+        return original(self, batch, phase, epoch)
+
+    monkeypatch.setattr(CrossEntropy, "train_step", marked)
+    cases = method_cases(["ce"], "resnet8", tiny_data, torch.device("cpu"), tmp_path, batch_size=4, at_epoch=0,
+                         overrides=[], sls=[0, 3], sl_keys={"ce": "recipe.warmup_epochs"})
+    assert [c.name for c in cases] == ["ce SL0", "ce SL3"]
+    rep = run_cases(cases, "resnet8", torch.device("cpu"), rounds=1, steps=1, warmup=0, log=lambda s: None)
+    assert {"virtual", "real"} <= set(rep.timing.cases["ce SL3"].phase_names())
+    assert rep.results["ce SL0"].flops["real"] > 0 and rep.results["ce SL0"].flops["virtual"] > 0
+    assert _meta_cases(rep) == {0: "ce SL0", 3: "ce SL3"}
+    assert "ce SL3" in phase_table(rep)

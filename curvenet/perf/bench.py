@@ -226,10 +226,12 @@ def sl_key(method: str) -> str | None:
 
 def method_cases(methods: Sequence[str], model: str, data: SyntheticData, device: torch.device, workdir: Path, *,
                  batch_size: int | None, at_epoch: int, overrides: Sequence[str], sls: Sequence[int],
-                 sweep_sl: bool = True) -> list[Case]:
+                 sweep_sl: bool = True, sl_keys: dict[str, str] | None = None) -> list[Case]:
+    """One case per method; methods with an SLMO knob (``sl_keys[method]`` or one of ``SL_KEYS``
+    in their config) get one case per level in ``sls``."""
     cases: list[Case] = []
     for m in methods:
-        key = sl_key(m) if sweep_sl else None
+        key = (sl_keys or {}).get(m) or (sl_key(m) if sweep_sl else None)
         if key:  # e.g. CurveNet: one case per SLMO level, phases marked by the method itself
             for sl in sls:
                 cases.append(MethodCase(m, model, data, device, workdir, batch_size=batch_size, at_epoch=at_epoch,
@@ -291,9 +293,9 @@ def run_cases(cases: Sequence[Case], model: str, device: torch.device, *, rounds
 
 def build_cases(model: str, data: SyntheticData, device: torch.device, workdir: Path, *, methods: Sequence[str],
                 batch_size: int | None, at_epoch: int, overrides: Sequence[str], sls: Sequence[int],
-                generic: bool = True, reference: bool = True) -> list[Case]:
+                generic: bool = True, reference: bool = True, sl_keys: dict[str, str] | None = None) -> list[Case]:
     cases = method_cases(methods, model, data, device, workdir, batch_size=batch_size, at_epoch=at_epoch,
-                         overrides=overrides, sls=sls)
+                         overrides=overrides, sls=sls, sl_keys=sl_keys)
     kw: dict[str, Any] = dict(batch_size=batch_size, at_epoch=at_epoch, overrides=overrides)
     if generic:
         cases += [GenericMetaCase(sl, model, data, device, workdir, **kw) for sl in sls]

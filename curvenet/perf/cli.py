@@ -38,6 +38,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps per case (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1; see PERFORMANCE.md)")
     p.add_argument("--sl", type=int, nargs="+", default=[0, 1, 2, 3], help="SLMO levels of the meta step")
+    p.add_argument("--sl-key", action="append", default=[], metavar="METHOD=KEY",
+                   help="config key of a method's SLMO level, e.g. curvenet=method.fro_stage (default: found "
+                        "among method.sl/slmo/fro_stage/skip_layers); such a method is timed at every --sl")
     p.add_argument("--at-epoch", type=int, default=0, help="epoch passed to on_epoch_start/train_step (default 0)")
     p.add_argument("--no-generic", action="store_true", help="skip the generic meta step (SL sweep)")
     p.add_argument("--no-reference", action="store_true", help="skip MW-Net functional vs reference-style")
@@ -74,6 +77,16 @@ def _methods(requested: Sequence[str] | None) -> list[str]:
     if unknown:
         raise ConfigError(f"unknown method(s) {unknown}; registered: {', '.join(METHODS.names())}")
     return list(requested)
+
+
+def _sl_keys(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        method, sep, key = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--sl-key {item!r}: expected METHOD=KEY, e.g. curvenet=method.fro_stage")
+        out[method] = key
+    return out
 
 
 def _device(name: str) -> torch.device:
@@ -131,7 +144,7 @@ def _steps(args: argparse.Namespace, device: torch.device, log: Any) -> list[dic
             log(f"{model}: building and checking cases")
             cases = build_cases(model, data, device, wd, methods=methods, batch_size=batch, at_epoch=args.at_epoch,
                                 overrides=args.override, sls=args.sl, generic=not args.no_generic,
-                                reference=not args.no_reference)
+                                reference=not args.no_reference, sl_keys=_sl_keys(args.sl_key))
             rep = run_cases(cases, model, device, rounds=rounds, steps=steps, warmup=warmup, log=log)
             print()
             print(format_report(rep, device), flush=True)
