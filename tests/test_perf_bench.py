@@ -67,6 +67,7 @@ def test_perf_quick_prints_the_tables_and_writes_json(tmp_path, capsys):
     names = {c["name"] for c in rep["checks"]}
     assert {"FLOPs meta SL0 / ce", "FLOPs meta SL3 / ce", "time meta_backward SL0 / SL3",
             "time mwnet reference / functional"} <= names
+    assert all(c["ok"] is None for c in rep["checks"])  # the targets are for ResNet-32: information here
     assert "loadavg" in data["environment"] and data["environment"]["torch"] == torch.__version__
 
 
