@@ -181,7 +181,8 @@ def _epochs(args: argparse.Namespace, device: torch.device, log: Any) -> list[di
                             "run_hours": est.total_s / 3600 if not est.skipped else None,
                             "table1_hours": table1_hours(est, seeds=args.seeds) if not est.skipped else None,
                             "phases": [{"name": p.name, "epochs": p.epochs, "batch_size": p.batch_size,
-                                        "train_s_per_epoch_at": p.samples, "eval_s": p.eval_s} for p in est.phases]})
+                                        "train_s_per_epoch_at": p.samples, "eval_s": p.eval_s,
+                                        "loadavg_at": p.loadavg} for p in est.phases]})
     return out
 
 

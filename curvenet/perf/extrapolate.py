@@ -12,6 +12,7 @@ training-set size (exponential imbalance profile) and adds one test evaluation p
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ class PhaseEstimate:
     eval_s: float = 0.0
     batches_per_epoch: int = 0
     measured_batches: int = 0
+    loadavg: dict[int, tuple[float, float, float]] = field(default_factory=dict)  # after each sample
 
     def epoch_seconds(self, epoch: int) -> float:
         starts = [s for s in sorted(self.samples) if s <= epoch]
@@ -121,8 +123,10 @@ def estimate_run(method: str, model: str, data: SyntheticData, device: torch.dev
                 est.measured_batches = nb
                 per_epoch.append(dt * est.batches_per_epoch / max(1, nb))
             est.samples[start] = sum(per_epoch) / len(per_epoch)
+            est.loadavg[start] = os.getloadavg()
             log(f"  {method}/{phase.name} epoch {start}: {est.samples[start]:.2f} s/epoch "
-                f"({len(per_epoch)} epoch(s) x {nb} of {est.batches_per_epoch} batches)")
+                f"({len(per_epoch)} epoch(s) x {nb} of {est.batches_per_epoch} batches), "
+                f"load {est.loadavg[start][0]:.2f}")
         if phase.evaluate:
             models = m.eval_models()
             clock.sync()
