@@ -10,8 +10,9 @@ behaviour the engine had before it existed, except TF32, which was already on.
 - ``train.bf16``: bf16 autocast around ``train_step`` (evaluation stays fp32).
 
 Meta-learning passes (``engine/virtual.py``) differentiate twice, which ``torch.compile`` and
-CUDA-graph replay cannot do faithfully (AOTAutograd refuses double backward; a replayed graph would
-ignore substituted parameters). ``FunctionalModel`` therefore runs those passes eagerly and in fp32
+CUDA-graph replay cannot be trusted with (AOTAutograd has refused double backward, or got it wrong,
+depending on the version: research/performance.md §2.2; a replayed graph would ignore substituted
+parameters). ``FunctionalModel`` therefore runs those passes eagerly and in fp32
 (:func:`eager_fp32`), while the method's real step keeps the compiled model: a meta method with
 ``train.compile=true`` falls back to eager for its meta step instead of failing.
 """
