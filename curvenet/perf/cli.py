@@ -98,6 +98,8 @@ def _device(name: str) -> torch.device:
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(list(argv))
     device = _device(args.device)
+    _methods(args.methods)  # unknown names fail before any work
+    _sl_keys(args.sl_key)
     torch.set_num_threads(args.threads)
     def log(line: str) -> None:  # progress on stderr, tables on stdout
         if not args.no_progress:
