@@ -5,6 +5,7 @@
     curvebench status SUITE [overrides]
     curvebench leaderboard [RESULTS_DIR] [-o leaderboard/LEADERBOARD.md]
     curvebench list
+    curvebench perf [--device cpu|cuda] [--methods ...] [--quick] [--epochs N] [--concurrent N ...]
 """
 
 from __future__ import annotations
@@ -132,6 +133,13 @@ def leaderboard_command(argv: list[str]) -> int:
     from leaderboard.cli import main as leaderboard_main
 
     return leaderboard_main(argv)
+
+
+@subcommand("perf")
+def perf_command(argv: list[str]) -> int:
+    from curvenet.perf.cli import main as perf_main
+
+    return perf_main(argv)
 
 
 @subcommand("list")

@@ -22,6 +22,7 @@ from curvenet.data import ImageFiles, Split, get_split, load_dataset, spec_from_
 from curvenet.engine.augment import Normalize
 from curvenet.engine.context import CleanLabels, TrainContext
 from curvenet.engine.data import ImageSet, MetaSampler, to_device_images
+from curvenet.engine.fastpath import apply_backend_flags, check_flags
 from curvenet.engine.files import FileImageSet
 from curvenet.engine.evaluate import per_class_accuracy, shot_accuracy, shot_groups
 from curvenet.engine.loop import Interrupted, NonFiniteLoss, Trainer, TrainOutcome
@@ -147,10 +148,8 @@ def build_context(plan: PlannedRun) -> tuple[TrainContext, CleanLabels, Split, d
     if cfg.train.num_threads:
         torch.set_num_threads(int(cfg.train.num_threads))
     torch.use_deterministic_algorithms(bool(cfg.train.deterministic))
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = bool(cfg.train.tf32)
-        torch.backends.cudnn.allow_tf32 = bool(cfg.train.tf32)
-        torch.backends.cudnn.benchmark = not bool(cfg.train.deterministic)
+    check_flags(cfg.train, device)
+    apply_backend_flags(cfg.train, device)  # TF32, cuDNN autotuning
     data = load_dataset(cfg.dataset, Path(cfg.paths.data))
     spec = spec_from_config(cfg)
     split = get_split(data, spec, Path(cfg.paths.splits))

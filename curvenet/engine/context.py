@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -12,6 +12,7 @@ import torch.nn as nn
 from omegaconf import DictConfig
 
 from curvenet.engine.data import ImageSet, MetaSampler
+from curvenet.engine.fastpath import prepare_model
 from curvenet.engine.schedules import recipe_lr, set_lr
 from curvenet.models import build_model
 
@@ -42,6 +43,14 @@ class TrainContext:
     split_spec: dict[str, Any]
     seed: int
     extra: dict[str, Any] = field(default_factory=dict)
+    phase_marker: Callable[[str], None] | None = None  # set by `curvebench perf` only
+
+    def mark_phase(self, name: str) -> None:
+        """Mark the start of a phase of the current training step, e.g. ``"virtual"``,
+        ``"meta_forward"``, ``"meta_backward"``, ``"real"``. A no-op in training runs (no host
+        sync); ``curvebench perf`` times each phase separately (CUDA events on a GPU)."""
+        if self.phase_marker is not None:
+            self.phase_marker(name)
 
     @property
     def recipe(self) -> DictConfig:
@@ -55,14 +64,13 @@ class TrainContext:
         return self.extra["class_counts"]
 
     def build_model(self, **overrides: Any) -> nn.Module:
-        """A fresh network of the configured model, on the device."""
+        """A fresh network of the configured model, on the device, with the ``train`` fast paths
+        (``channels_last``, ``compile``, ``cuda_graphs``; see ``engine/fastpath.py``)."""
         mcfg = dict(self.cfg.model)
         name = mcfg.pop("name")
         mcfg.update(overrides)
         model = build_model(name, self.num_classes, in_channels=self.image_shape[0], **mcfg).to(self.device)
-        if self.cfg.train.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model
+        return prepare_model(model, self.cfg.train, self.device)  # channels_last, compile / CUDA graphs
 
     def build_optimizer(self, params: Iterable[torch.nn.Parameter], **overrides: Any) -> torch.optim.Optimizer:
         """The recipe's optimiser (SGD with momentum, Nesterov and weight decay by default)."""

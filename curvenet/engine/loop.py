@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from curvenet.engine.checkpoint import CHECKPOINT_FILE, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from curvenet.engine.context import CleanLabels, TrainContext
 from curvenet.engine.evaluate import accuracy, confusion_matrix
+from curvenet.engine.fastpath import train_autocast
 from curvenet.engine.method import Method, Phase
 
 
@@ -135,9 +136,11 @@ class Trainer:
         n_sub = None if subset is None else int(subset.shape[0])
         nb = ctx.train.num_batches(phase.batch_size, n_sub, phase.drop_last, self.limit_batches)
         batches = ctx.train.batches(phase.batch_size, subset, drop_last=phase.drop_last, limit=self.limit_batches)
+        autocast = train_autocast(ctx.cfg.train, dev)
         for batch in tqdm(batches, total=nb, desc=f"{phase.name} {epoch}", unit="it", leave=False,
                           disable=not self.progress, position=2):
-            out = method.train_step(batch, phase, epoch)
+            with autocast:  # train.bf16 (a no-op context by default)
+                out = method.train_step(batch, phase, epoch)
             loss = out["loss"]
             loss_sum += loss
             bad |= ~torch.isfinite(loss)

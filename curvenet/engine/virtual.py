@@ -9,6 +9,8 @@ weighting network. We do it with ``torch.func.functional_call`` on the unmodifie
   change the real model's running statistics (``higher`` clones them too);
 - SLMO: the module groups named in ``frozen`` enter as constants (no gradient, no update, no
   second-order path) and their BatchNorm layers run in eval mode, as CurveNet's ``froze()`` does;
+- the functional passes run eagerly and in fp32 even when ``train.compile``, ``train.cuda_graphs``
+  or ``train.bf16`` is on (``engine/fastpath.py``): compiled graphs cannot be differentiated twice;
 - the update rule is the real optimiser's (momentum and Nesterov from its current momentum
   buffers, weight decay, current lr; CurveNet via ``higher``) or plain SGD (MW-Net).
 
@@ -33,6 +35,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
+from curvenet.engine.fastpath import eager_fp32
 from curvenet.engine.method import ConfigError
 
 
@@ -117,7 +120,9 @@ class FunctionalModel:
 
     def __call__(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         buffers = {n: b.clone() for n, b in self.model.named_buffers()}
-        with self._frozen_in_eval():
+        # eager and fp32 even when the model is compiled / CUDA-graphed or the step runs under bf16
+        # autocast (train.compile, train.cuda_graphs, train.bf16): these passes differentiate twice
+        with self._frozen_in_eval(), eager_fp32(self.model, x.device.type):
             return functional_call(self.model, {**params, **buffers}, (x,))
 
     def virtual_step(self, loss: torch.Tensor, params: dict[str, torch.Tensor], rule: SGDRule,

@@ -1,0 +1,163 @@
+"""The ``train:`` fast-path flags (engine/fastpath.py): TF32, channels_last, compile / CUDA graphs,
+bf16 autocast. Defaults keep the earlier behaviour; each flag does what it says end to end."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from baselines.ce import CrossEntropy
+from curvenet.config import compose_config
+from curvenet.engine.fastpath import apply_backend_flags, eager_fp32, is_compiled, prepare_model, train_autocast
+from curvenet.engine.method import ConfigError
+from curvenet.engine.virtual import FunctionalModel, SGDRule, meta_backward
+from curvenet.perf.bench import GenericMetaCase, MethodCase
+from curvenet.perf.synthetic import synthetic_data
+from tests.helpers import cli, records
+
+DIGITS = ["method=ce", "seed=1", "recipe.epochs=1", "train.limit_batches=2"]
+
+
+@pytest.fixture
+def restore_backend_flags():
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    return synthetic_data(torch.device("cpu"), n_train=128, n_meta=40, n_test=20)
+
+
+def test_defaults_keep_the_earlier_behaviour():
+    train = compose_config([]).train
+    assert train.tf32 is True
+    assert (train.channels_last, train.compile, train.cuda_graphs, train.bf16) == (False, False, False, False)
+    assert train.compile_backend == "inductor"
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_tf32_flag_is_applied_by_every_run(workdirs, restore_backend_flags, monkeypatch, tf32):
+    from curvenet.run import build_context
+    from curvenet.suites import plan_suite
+
+    (plan,) = plan_suite("digits", [*DIGITS, "split.imbalance_factor=1", "split.noise_rate=0.0", f"train.tf32={tf32}"])
+    apply_backend_flags({"tf32": not tf32}, torch.device("cpu"))
+    build_context(plan)
+    assert torch.backends.cuda.matmul.allow_tf32 is tf32 and torch.backends.cudnn.allow_tf32 is tf32
+
+
+class _ConvInputs(TorchDispatchMode):
+    """Records the memory format and dtype of the input of every convolution over a batch of
+    ``batch`` images (forward passes; autograd's weight-gradient convolutions are left out)."""
+
+    def __init__(self, batch: int) -> None:
+        super().__init__()
+        self.batch = batch
+        self.seen: list[tuple[bool, torch.dtype]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ == "convolution" and args[0].shape[0] == self.batch and args[0].shape[1] > 1:
+            self.seen.append((args[0].is_contiguous(memory_format=torch.channels_last), args[0].dtype))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("case_cls", [MethodCase, GenericMetaCase])
+def test_channels_last_reaches_every_convolution_and_changes_only_rounding(case_cls, tiny_data, tmp_path):
+    cpu = torch.device("cpu")
+    losses = {}
+    for cl in (False, True):
+        args = ("ce",) if case_cls is MethodCase else (0,)
+        case = case_cls(*args, "resnet8", tiny_data, cpu, tmp_path / str(cl), batch_size=8,
+                        overrides=[f"train.channels_last={cl}"])
+        torch.manual_seed(0)
+        case.build()
+        with _ConvInputs(8) as seen:
+            losses[cl] = torch.stack([case.run_step(lambda name: None) for _ in range(3)])
+        assert seen.seen and all(fmt == cl for fmt, _ in seen.seen), (cl, seen.seen[:3])
+    torch.testing.assert_close(losses[True], losses[False], rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_end_to_end_run(workdirs):
+    assert cli("digits", *DIGITS, "split.imbalance_factor=1", "split.noise_rate=0.0", "train.channels_last=true") == 0
+    (rec,) = records(workdirs["results"])
+    assert rec["status"] == "done" and rec["config"]["train"]["channels_last"] is True
+
+
+class Tiny(nn.Module):
+    slmo_groups = (("stem",), ("stage1",))
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.stage1 = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.linear(self.stage1(self.stem(x)).mean((2, 3)))
+
+
+def _meta_and_real_grads(model):
+    torch.manual_seed(1)
+    x, y = torch.randn(6, 3, 6, 6), torch.randint(0, 3, (6,))
+    wnet = nn.Linear(1, 1)
+    fm = FunctionalModel(model)
+    params = fm.params()
+    losses = F.cross_entropy(fm(x, params), y, reduction="none")
+    w = torch.sigmoid(wnet(losses.detach()[:, None])).squeeze(1)
+    new = fm.virtual_step((w * losses).mean(), params, SGDRule(0.3, momentum=0.9, nesterov=True, weight_decay=5e-4))
+    meta_backward(F.cross_entropy(fm(x, new), y), wnet.parameters())
+    F.cross_entropy(model(x), y).backward()  # the real step goes through the compiled model
+    return wnet.weight.grad.clone(), model.linear.weight.grad.clone()
+
+
+def test_compiled_model_keeps_its_state_dict_and_meta_passes_fall_back_to_eager():
+    torch.manual_seed(0)
+    plain = Tiny()
+    compiled = Tiny()
+    compiled.load_state_dict(plain.state_dict())
+    prepare_model(compiled, {"compile": True, "compile_backend": "eager"}, torch.device("cpu"))
+    assert is_compiled(compiled) and not is_compiled(plain)
+    assert list(compiled.state_dict()) == list(plain.state_dict())  # checkpoints and model.pt unchanged
+    expected, got = _meta_and_real_grads(plain), _meta_and_real_grads(compiled)
+    for a, b in zip(expected, got):
+        torch.testing.assert_close(a, b)
+
+
+def test_cuda_graphs_needs_a_gpu_and_says_so():
+    with pytest.raises(ConfigError, match="train.cuda_graphs=true needs a CUDA device"):
+        prepare_model(Tiny(), {"cuda_graphs": True}, torch.device("cpu"))
+
+
+def test_bf16_autocast_covers_the_step_but_not_the_meta_passes():
+    cpu = torch.device("cpu")
+    assert isinstance(train_autocast({"bf16": False}, cpu), type(train_autocast({}, cpu)))
+    model = Tiny()
+    x = torch.randn(2, 3, 6, 6)
+    with train_autocast({"bf16": True}, cpu):
+        assert model(x).dtype == torch.bfloat16
+        fm = FunctionalModel(model)
+        assert fm(x, fm.params()).dtype == torch.float32
+        with eager_fp32(model, "cpu"):
+            assert not torch.is_autocast_enabled("cpu")
+        assert torch.is_autocast_enabled("cpu")
+
+
+def test_bf16_flag_reaches_the_training_loop(workdirs, monkeypatch):
+    seen = []
+    original = CrossEntropy.train_step
+
+    def spy(self, batch, phase, epoch):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return original(self, batch, phase, epoch)
+
+    monkeypatch.setattr(CrossEntropy, "train_step", spy)
+    assert cli("digits", *DIGITS, "split.imbalance_factor=1", "split.noise_rate=0.0", "train.bf16=true") == 0
+    assert seen and all(seen)
+    seen.clear()
+    assert cli("digits", *DIGITS, "split.imbalance_factor=1", "split.noise_rate=0.0") == 0
+    assert seen and not any(seen)
