@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from baselines.common import (DEFAULT_BETA, as_device_tensor, check_beta, check_nonneg, class_balanced_weights,
                               mean_weight_by_noise)
 from curvenet.engine.method import ConfigError, Method, Phase, register_method
+from curvenet.engine.ops import one_hot
 
 LOSS_TYPES = ("softmax", "sigmoid", "focal")
 
@@ -28,7 +29,7 @@ def cb_softmax_loss(logits: torch.Tensor, target: torch.Tensor, class_weights: t
 def cb_sigmoid_loss(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
     """The CB code's sigmoid loss: one binary CE per class (one-hot targets), each sample's K terms
     weighted by w_{y_i}, summed and divided by the number of positive labels (= the batch size)."""
-    onehot = F.one_hot(target, logits.shape[1]).to(logits.dtype)
+    onehot = one_hot(target, logits.shape[1], logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
     return (class_weights[target][:, None] * bce).sum() / target.shape[0]
 
@@ -39,7 +40,7 @@ def cb_focal_loss(logits: torch.Tensor, target: torch.Tensor, class_weights: tor
     p_t = sigmoid(z) for the labelled class and 1 - sigmoid(z) for the others. The modulator is
     computed as exp(-gamma * softplus(-s)) with s = z for the labelled class and -z otherwise
     ((1 - p_t) = sigmoid(-s)), the numerically stable form of the CB code."""
-    onehot = F.one_hot(target, logits.shape[1]).to(logits.dtype)
+    onehot = one_hot(target, logits.shape[1], logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
     signed = logits * (2.0 * onehot - 1.0)
     modulator = torch.exp(-gamma * F.softplus(signed)) if gamma != 0 else torch.ones_like(bce)

@@ -74,6 +74,7 @@ import torch.nn.functional as F
 from curvenet.engine.data import Batch, ImageSet, MetaSampler
 from curvenet.engine.method import ConfigError, Method, Phase, register_method
 from curvenet.engine.virtual import FunctionalModel, SGDRule, meta_backward, momentum_buffers
+from curvenet.engine.ops import one_hot
 
 
 def _mlp(h: int, out: int, final_bias: float) -> nn.Sequential:
@@ -111,7 +112,7 @@ class DynamicLossNet(nn.Module):
 
     def target(self, rank: torch.Tensor, y: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """t_i = a_i onehot(y_i) + (1 - a_i) q_i (the observed one-hot label without the LC)."""
-        onehot = F.one_hot(y, self.num_classes).to(q.dtype)
+        onehot = one_hot(y, self.num_classes, q.dtype)
         if not self.use_lc:
             return onehot
         a = self.confidence(rank, y).unsqueeze(1)
@@ -130,7 +131,7 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
 def gumbel_hard(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """A hard Gumbel-softmax sample (tau = 1): onehot(argmax(z + g)), g ~ Gumbel(0, 1), from ``generator``."""
     g = -torch.empty_like(logits).exponential_(generator=generator).log()
-    return F.one_hot((logits + g).argmax(1), logits.shape[1]).to(logits.dtype)
+    return one_hot((logits + g).argmax(1), logits.shape[1], logits.dtype)
 
 
 def class_ranks(loss: torch.Tensor, labels: torch.Tensor, num_classes: int, rank_num: int) -> torch.Tensor:

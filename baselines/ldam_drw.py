@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from baselines.common import (DEFAULT_BETA, as_device_tensor, check_beta, check_drw_epoch, check_positive,
                               drw_class_weights, drw_start_epoch, mean_weight_by_noise)
 from curvenet.engine.method import ConfigError, Method, Phase, register_method
+from curvenet.engine.ops import one_hot
 
 
 class NormedLinear(nn.Module):
@@ -55,7 +56,7 @@ def ldam_loss(logits: torch.Tensor, target: torch.Tensor, margins: torch.Tensor,
               class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """CE(s * (z - m_y e_y), y), optionally class-weighted (torch's weighted mean, as the LDAM code).
     ``logits`` are the cosine logits z; the margin comes off the true-class logit only."""
-    onehot = F.one_hot(target, logits.shape[1]).to(logits.dtype)
+    onehot = one_hot(target, logits.shape[1], logits.dtype)
     shifted = logits - onehot * margins[target][:, None]
     return F.cross_entropy(s * shifted, target, weight=class_weights)
 

@@ -89,7 +89,7 @@ def test_the_training_loop_syncs_once_per_epoch_not_per_step(tiny_data, tmp_path
     for limit in (2, 5):
         trainer = Trainer(case.ctx, case.method, None, generators={}, limit_batches=limit, checkpoint=False)
         with HostSyncCounter() as sc:
-            entry = trainer._epoch(case.phase, 0, None)
+            entry = trainer._epoch(case.phase, 0)
         assert entry["steps"] == limit
         counts.append(sc.count)
     assert counts[0] == counts[1] <= 3, counts  # the end-of-epoch NaN check and loss read only

@@ -111,7 +111,7 @@ class MethodCase(Case):
             cfg = bench_config(self.method_name, self.model_name, batch_size=self.requested_batch,
                                device=str(self.device), overrides=self.overrides)
             cls = METHODS.get(self.method_name)
-            self.kind = "meta" if cls.needs_meta else "plain"
+            self.kind = "meta" if (cls.needs_meta or cls.uses_clean_meta) else "plain"
             ctx = synthetic_context(cfg, self.data, self.device, self.workdir / self.name.replace(" ", "_"))
             self.ctx = ctx
             method: Method = cls(ctx, cfg.method)
@@ -127,8 +127,8 @@ class MethodCase(Case):
             if self.at_epoch >= phase.epochs:
                 raise Skip(f"phase {phase.name!r} has {phase.epochs} epochs; --at-epoch {self.at_epoch} is past it")
             method.on_phase_start(phase)
-            subset = method.train_subset(phase)
             method.on_epoch_start(phase, self.at_epoch)
+            subset = method.train_subset(phase)  # as the engine: read after on_epoch_start
             self.method, self.phase = method, phase
             self.batch_size = phase.batch_size
             self.pool = _BatchPool(ctx, phase.batch_size, subset)

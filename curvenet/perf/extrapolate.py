@@ -101,6 +101,7 @@ def estimate_run(method: str, model: str, data: SyntheticData, device: torch.dev
             per_epoch = []
             for epoch in range(start, min(start + epochs, phase.epochs)):
                 m.on_epoch_start(phase, epoch)
+                subset = m.train_subset(phase)  # as the engine: it may change every epoch
                 if warm:  # first kernels, allocator, cuDNN autotuning: not timed
                     for batch in ctx.train.batches(phase.batch_size, subset, drop_last=phase.drop_last,
                                                    limit=warmup_batches):

@@ -100,6 +100,28 @@ def synthetic_context(cfg: DictConfig, data: SyntheticData, device: torch.device
     run_dir.mkdir(parents=True, exist_ok=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     spec = spec_from_config(cfg).to_dict()
+    split_sha256 = "0" * 64
+    _provide_probe_curves(cfg, data.train_labels, cache_dir, split_sha256, seed)
     return TrainContext(cfg=cfg, device=device, num_classes=data.num_classes, image_shape=data.image_shape,
                         train=train, test=test, meta=meta, generator=generators["method"], run_dir=run_dir,
-                        cache_dir=cache_dir, split_sha256="0" * 64, split_spec=spec, seed=seed)
+                        cache_dir=cache_dir, split_sha256=split_sha256, split_spec=spec, seed=seed)
+
+
+def _provide_probe_curves(cfg: DictConfig, labels: torch.Tensor, cache_dir: Path, split_sha256: str,
+                          seed: int) -> None:
+    """CurveNet's allocating stage reads its probe's loss curves; for timing, random curves of the
+    configured length stand in for a probe run (the step's cost does not depend on their values)."""
+    probe = cfg.method.get("probe")
+    if probe is None or "curves_file" not in probe or probe.curves_file:
+        return
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from curvenet.method.probe import probe_epochs, publish_curves
+
+    rng = np.random.default_rng(seed)
+    path = cache_dir / f"synthetic-curves-{cfg.method.name}.npz"
+    if not path.exists():
+        losses = rng.random((int(labels.shape[0]), probe_epochs(probe)), dtype=np.float32)
+        publish_curves(path, losses, labels.cpu().numpy(), split_sha256, {"synthetic": True})
+    OmegaConf.update(cfg, "method.probe.curves_file", str(path))
