@@ -56,13 +56,11 @@ RUN python -m venv /opt/venv \
 
 COPY --from=project /overlay/ /
 
-# Provenance written into every result.json (curvenet/engine/records.py reads these)
-ARG CURVEBENCH_GIT_SHA=""
-ARG CURVEBENCH_GIT_DIRTY=0
-ARG CURVEBENCH_IMAGE=curvebench
+# Provenance written into every result.json (curvenet/engine/records.py reads these). Declared
+# after the big layer (a changed ARG invalidates every later RUN); one ARG/ENV step each, since
+# every step copies the whole image on some storage drivers.
+ARG CURVEBENCH_GIT_SHA="" CURVEBENCH_GIT_DIRTY=0 CURVEBENCH_IMAGE=curvebench
 ENV CURVEBENCH_GIT_SHA=$CURVEBENCH_GIT_SHA \
     CURVEBENCH_GIT_DIRTY=$CURVEBENCH_GIT_DIRTY \
     CURVEBENCH_IMAGE=$CURVEBENCH_IMAGE
-LABEL org.opencontainers.image.title="curvebench" \
-      org.opencontainers.image.revision=$CURVEBENCH_GIT_SHA
 USER $UID:$GID
