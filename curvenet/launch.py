@@ -157,8 +157,9 @@ def launch_suite(suite: str, overrides: Sequence[str], *, retry_failed: bool = F
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     base = Path("multirun") / suite / stamp
     launcher = next(o.split("=", 1)[1] for o in hydra_overrides if o.startswith("hydra/launcher="))
+    shown = next((o.split("=", 1)[1] for o in hydra_overrides if o.startswith("hydra.sweep.dir=")), str(base))
     print(f"suite {suite}: {len(runs)} runs in {len(groups)} sweep(s) through hydra/launcher={launcher}; "
-          f"Hydra's job directories under {base if 'hydra.sweep.dir' not in given else 'hydra.sweep.dir'}", flush=True)
+          f"Hydra's job directories under {shown}", flush=True)
 
     version.setbase("1.3")
     counts: Counter[str] = Counter()
