@@ -262,6 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UnknownNameError) as err:
         print(f"curvebench: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (docker stop, a --workers parent): claims are released
+        print("curvebench: interrupted; finished runs are kept, run the same command again to resume",
+              file=sys.stderr)
+        return 130
     except Exception as err:  # DataError, RecordError: clear messages, no traceback
         from curvenet.data import DataError
         from curvenet.engine.records import RecordError
