@@ -131,7 +131,7 @@ def _run_here(args: argparse.Namespace, runs: list) -> int:
                           report=report)
     bar.close()
     if args.worker_name:
-        print(f"{tag}finished: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())), flush=True)
+        print(f"{tag}finished: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()) if n), flush=True)
     else:
         summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
         print(f"suite {args.suite}: {summary}; results under {runs[0].config['paths']['results']}")

@@ -323,6 +323,7 @@ def work(runs: Sequence[Any], *, worker: str = "", retry_failed: bool = False, p
     index = {id(p): i + 1 for i, p in enumerate(runs)}
     pending = list(runs)
     announced = False
+    delay = min(poll, 0.25)
     while pending:
         busy = []
         for plan in pending:
@@ -348,12 +349,15 @@ def work(runs: Sequence[Any], *, worker: str = "", retry_failed: bool = False, p
             counts[outcome] += 1
             report(Event("end", plan, index[id(plan)], outcome, time.perf_counter() - t0))
         if not busy or not wait:
-            counts["elsewhere"] += len(busy)
+            if busy:
+                counts["elsewhere"] += len(busy)
             break
-        if not announced:
-            report(Event("wait", waiting=busy))
+        time.sleep(delay)  # short at first: the other workers are often about to finish
+        delay = min(poll, 2 * delay)
+        still = [p for p in busy if not ((p.run_dir / RESULT_FILE).exists() or (p.run_dir / FAILED_FILE).exists())]
+        if still and not announced:
+            report(Event("wait", waiting=still))
             announced = True
-        time.sleep(poll)
         pending = busy
     return counts
 
