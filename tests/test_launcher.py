@@ -80,8 +80,12 @@ def test_basic_launcher_runs_the_jobs_in_process_with_method_overrides(workdirs,
     for r in runs:
         record = json.loads((r.run_dir / "result.json").read_text())
         assert record["config_hash"] == r.config_hash and record["metrics"]["epochs"] == 2
+    # re-submitting: every job finds its result and skips
+    assert cli("digits", "seed=1", "hydra/launcher=basic", f"hydra.sweep.dir={workdirs['results'].parent}/sweep") == 0
+    assert "suite digits: 2 skipped" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_submitit_local_jobs_write_where_the_in_process_runner_would(workdirs, tmp_path, capsys):
     overrides = ["method=ce", "seed=2,3"]  # not in the grid (seed 1): run in its place
     runs = plan_suite("smoke", overrides)
@@ -99,8 +103,6 @@ def test_submitit_local_jobs_write_where_the_in_process_runner_would(workdirs, t
         assert not (r.run_dir / "claim.json").exists()
     logs = list(sweep_dir.glob(".submitit/*/*_log.out"))
     assert len(logs) == 2 and any("curvebench job: method=ce seed=3" in p.read_text() for p in logs)
-    assert cli(*args) == 0  # re-submitting: every job finds its result and skips
-    assert "suite smoke: 2 skipped" in capsys.readouterr().out
 
 
 def test_launcher_options_that_make_no_sense_are_refused(workdirs, capsys):

@@ -159,6 +159,7 @@ def test_heartbeat_refreshes_and_a_lost_claim_stops_the_run(tmp_path, monkeypatc
 
 
 # -- workers end to end -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_worker_processes_split_a_suite_and_each_run_is_trained_once(workdirs):
     from curvenet.suites import plan_suite
 
