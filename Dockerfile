@@ -1,7 +1,7 @@
 # curvebench image: the exact versions of requirements/lock.txt on python:3.11-slim.
 #
 # The CUDA libraries come with the pinned PyPI torch wheels (CUDA 13.0), so the host needs only
-# the NVIDIA driver (>= 580 on Linux) and the NVIDIA Container Toolkit; the same image runs on CPUs.
+# the NVIDIA driver (>= 580.65.06, CUDA 13.0) and the NVIDIA Container Toolkit; it also runs on CPUs.
 #
 #   docker build -t curvebench \
 #     --build-arg UID="$(id -u)" --build-arg GID="$(id -g)" \
