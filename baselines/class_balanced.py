@@ -12,8 +12,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from baselines.common import (DEFAULT_BETA, as_device_tensor, check_beta, check_nonneg, class_balanced_weights,
-                              mean_weight_by_noise)
+from baselines.common import (
+    DEFAULT_BETA,
+    as_device_tensor,
+    check_beta,
+    check_nonneg,
+    class_balanced_weights,
+    mean_weight_by_noise,
+)
 from curvenet.engine.method import ConfigError, Method, Phase, register_method
 from curvenet.engine.ops import one_hot
 

@@ -9,8 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from baselines.selection import check_forget_rate, forget_rate, precision_recall, small_loss_positions
+from baselines.selection import check_forget_rate, precision_recall, small_loss_positions
 from curvenet.engine.method import ConfigError, Method, Phase, register_method
+
 
 def keep_rate(epoch: int, tau: float, t_k: float) -> float:
     """R(T) = 1 - min(T / T_k, 1) * tau, with T the 0-based epoch (R = 1 in the first epoch)."""

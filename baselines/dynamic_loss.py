@@ -73,8 +73,8 @@ import torch.nn.functional as F
 
 from curvenet.engine.data import Batch, ImageSet, MetaSampler
 from curvenet.engine.method import ConfigError, Method, Phase, register_method
-from curvenet.engine.virtual import FunctionalModel, SGDRule, meta_backward, momentum_buffers
 from curvenet.engine.ops import one_hot
+from curvenet.engine.virtual import FunctionalModel, SGDRule, meta_backward, momentum_buffers
 
 
 def _mlp(h: int, out: int, final_bias: float) -> nn.Sequential:

@@ -12,8 +12,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from baselines.common import (DEFAULT_BETA, as_device_tensor, check_beta, check_drw_epoch, check_positive,
-                              drw_class_weights, drw_start_epoch, mean_weight_by_noise)
+from baselines.common import (
+    DEFAULT_BETA,
+    as_device_tensor,
+    check_beta,
+    check_drw_epoch,
+    check_positive,
+    drw_class_weights,
+    drw_start_epoch,
+    mean_weight_by_noise,
+)
 from curvenet.engine.method import ConfigError, Method, Phase, register_method
 from curvenet.engine.ops import one_hot
 

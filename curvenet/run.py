@@ -8,7 +8,6 @@ when asked, keeping the earlier failure record).
 from __future__ import annotations
 
 import datetime as dt
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -22,14 +21,20 @@ from curvenet.data import ImageFiles, Split, get_split, load_dataset, spec_from_
 from curvenet.engine.augment import Normalize
 from curvenet.engine.context import CleanLabels, TrainContext
 from curvenet.engine.data import ImageSet, MetaSampler, to_device_images
+from curvenet.engine.evaluate import per_class_accuracy, shot_accuracy, shot_groups
 from curvenet.engine.fastpath import apply_backend_flags, check_flags
 from curvenet.engine.files import FileImageSet
-from curvenet.engine.evaluate import per_class_accuracy, shot_accuracy, shot_groups
 from curvenet.engine.loop import Interrupted, NonFiniteLoss, Trainer, TrainOutcome
 from curvenet.engine.method import METHODS
 from curvenet.engine.records import (
-    FAILED_FILE, RESULT_FILE, RecordError, atomic_write_text, environment, read_record, write_record,
+    FAILED_FILE,
+    RESULT_FILE,
+    RecordError,
+    environment,
+    read_record,
+    write_record,
 )
+from curvenet.io import atomic_path, atomic_write_text
 from curvenet.methods import load_all_methods
 from curvenet.suites import PlannedRun
 
@@ -129,15 +134,13 @@ def _json(obj: Any) -> str:
 
 
 def _save_models(path: Path, method: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({name: m.state_dict() for name, m in method.eval_models().items()}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({name: m.state_dict() for name, m in method.eval_models().items()}, tmp)
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".tmp.npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
 
 
 def build_context(plan: PlannedRun) -> tuple[TrainContext, CleanLabels, Split, dict[str, torch.Generator], bool]:

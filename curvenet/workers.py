@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from curvenet.engine.records import FAILED_FILE, RESULT_FILE
+from curvenet.io import atomic_write_text
 
 CLAIM_FILE = "claim.json"
 BREAK_SUFFIX = ".break"
@@ -182,9 +183,7 @@ class Claim:
             return False
         t = time.time()
         self.data.update(heartbeat=t, heartbeat_iso=_now_iso(t))
-        tmp = self.path.with_name(f".{CLAIM_FILE}.{self.token}.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1) + "\n")
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(self.data, indent=1) + "\n")
         return True
 
     def _beat(self, interval: float) -> None:

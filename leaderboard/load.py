@@ -16,7 +16,10 @@ from typing import Any, Mapping
 import pandas as pd
 
 from curvenet.engine.records import (
-    FAILED_FILE, RESULT_FILE, RecordError, validate_record,
+    FAILED_FILE,
+    RESULT_FILE,
+    RecordError,
+    validate_record,
 )
 from curvenet.suites import grid_value
 

@@ -15,7 +15,14 @@ from leaderboard.figures import Figures, make_figures
 from leaderboard.load import Runs, load_runs
 from leaderboard.spec import Specs, load_specs
 from leaderboard.tables import (
-    DIRTY, FLAG, NOT_RUN, REPORTED_ONLY, UNOFFICIAL, RenderContext, render_table, slug,
+    DIRTY,
+    FLAG,
+    NOT_RUN,
+    REPORTED_ONLY,
+    UNOFFICIAL,
+    RenderContext,
+    render_table,
+    slug,
 )
 
 FIGURES_DIR = "figures"

@@ -17,16 +17,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from baselines.common import class_balanced_weights
 from curvenet.engine.loop import Interrupted, Trainer
 from curvenet.engine.method import ConfigError
 from curvenet.engine.virtual import FunctionalModel, SGDRule, meta_backward, slmo_frozen
 from curvenet.method import CurveNetDRW, CurveNetMethod
 from curvenet.method.curves import class_epoch_stats, lowest_loss_per_class, normalise_curves
-from baselines.common import class_balanced_weights
 from curvenet.method.meta_step import meta_loss, virtual_params
 from curvenet.method.network import CurveNet
 from curvenet.method.probe import (
-    PROBE, PROBE_CYCLIC, ProbeLock, claim_probe, load_curves, probe_batch_sizes, probe_lr, publish_curves,
+    PROBE,
+    PROBE_CYCLIC,
+    ProbeLock,
+    claim_probe,
+    load_curves,
+    probe_batch_sizes,
+    probe_lr,
+    publish_curves,
 )
 from curvenet.method.timing import PhaseTimer
 from curvenet.models import build_model

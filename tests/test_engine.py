@@ -127,6 +127,21 @@ def test_result_records_provenance(workdirs):
     assert json.dumps(rec)  # plain JSON
 
 
+def test_run_files_are_readable_by_the_team(workdirs):
+    """Atomic writes go through mkstemp (private 0600); results must get ordinary permissions."""
+    import os
+    import stat
+
+    assert cli("digits", *DIGITS_CE) == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    (run_dir,) = run_dirs(workdirs["results"])
+    for name in ("result.json", "config.yaml", "history.json", "model.pt"):
+        assert stat.S_IMODE((run_dir / name).stat().st_mode) == 0o666 & ~mask, name
+    for split_file in workdirs["splits"].rglob("*.*"):
+        assert stat.S_IMODE(split_file.stat().st_mode) == 0o666 & ~mask, split_file
+
+
 def test_fast_planning_equals_full_hydra_composition(workdirs):
     from curvenet.suites import plan_run
 

@@ -13,8 +13,14 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from baselines.common import class_balanced_weights
-from baselines.har import (BNOutputRecorder, har_class_weights, har_regulariser, pooled_class_error, scaled_recipe,
-                           stage_batchnorms)
+from baselines.har import (
+    BNOutputRecorder,
+    har_class_weights,
+    har_regulariser,
+    pooled_class_error,
+    scaled_recipe,
+    stage_batchnorms,
+)
 from curvenet.engine.loop import Interrupted
 from curvenet.engine.method import METHODS, ConfigError
 from curvenet.engine.records import read_record

@@ -14,8 +14,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from baselines.dynamic_loss import (DynamicLoss, DynamicLossNet, class_ranks, dynamic_meta_loss, gumbel_hard,
-                                    hierarchical_sample, hs_sizes, soft_cross_entropy)
+from baselines.dynamic_loss import (
+    DynamicLoss,
+    DynamicLossNet,
+    class_ranks,
+    dynamic_meta_loss,
+    gumbel_hard,
+    hierarchical_sample,
+    hs_sizes,
+    soft_cross_entropy,
+)
 from baselines.mwnet import MetaWeightNetImbalance, MetaWeightNetNoise, WeightNet, mwnet_meta_loss, weighted_loss
 from curvenet.config import compose_config
 from curvenet.engine.augment import Normalize

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from curvenet.engine.method import METHODS
 from curvenet.methods import load_all_methods
 from curvenet.perf.bench import MethodCase, Skip
-from curvenet.perf.synthetic import synthetic_data
 from curvenet.perf.syncs import HostSyncCounter
+from curvenet.perf.synthetic import synthetic_data
 
 load_all_methods()
 

@@ -18,8 +18,9 @@ from curvenet.data.cfgutil import as_dict
 from curvenet.data.datasets import load_dataset
 from curvenet.data.hashing import json_sha256
 from curvenet.data.split import build_split
-from curvenet.data.store import atomic_write, get_split
+from curvenet.data.store import get_split
 from curvenet.data.types import ImageArrays, ImageFiles, SplitSpec
+from curvenet.io import atomic_write_bytes
 
 LOCK_PATH = Path(__file__).resolve().parents[1] / "conf" / "splits.lock.json"
 LOCK_ABOUT = (
@@ -40,7 +41,7 @@ def read_lock(path: Path) -> dict[str, Any]:
 
 def write_lock(path: Path, entries: dict[str, Any]) -> None:
     doc = {"_about": LOCK_ABOUT, **{k: dict(sorted(v.items())) for k, v in sorted(entries.items())}}
-    atomic_write(Path(path), (json.dumps(doc, indent=1) + "\n").encode())
+    atomic_write_bytes(Path(path), (json.dumps(doc, indent=1) + "\n").encode())
 
 
 def _compact(counts: list[int]) -> str:

@@ -20,8 +20,6 @@ racing to create the same split write identical bytes, so the race is harmless.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ import numpy as np
 from curvenet.data.hashing import file_digest
 from curvenet.data.split import build_split, validate_spec
 from curvenet.data.types import DataError, ImageArrays, ImageFiles, Split, SplitSpec
+from curvenet.io import atomic_write_bytes
 
 
 def manifest_path(splits_dir: Path, spec: SplitSpec, fingerprint: str) -> Path:
@@ -50,20 +49,6 @@ def _format(obj: Any, indent: int) -> str:
 def manifest_text(manifest: dict[str, Any]) -> str:
     """Deterministic, readable JSON for a manifest."""
     return _format(manifest, 0) + "\n"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _corrupt(manifest: Path, npz: Path, why: str) -> DataError:
@@ -108,8 +93,8 @@ def save_split(split: Split, blob: bytes, splits_dir: Path) -> Path:
     """Write the split's file and manifest; returns the manifest path."""
     fingerprint = split.manifest["dataset"]["fingerprint"]
     mpath = manifest_path(splits_dir, split.spec, fingerprint)
-    atomic_write(mpath.parent / split.manifest["file"], blob)
-    atomic_write(mpath, manifest_text(split.manifest).encode())
+    atomic_write_bytes(mpath.parent / split.manifest["file"], blob)
+    atomic_write_bytes(mpath, manifest_text(split.manifest).encode())
     return mpath
 
 

@@ -13,11 +13,12 @@ import os
 import platform
 import socket
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import jsonschema
+
+from curvenet.io import atomic_write_text
 
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
@@ -147,21 +148,6 @@ def read_record(path: str | Path) -> dict[str, Any]:
         raise RecordError(f"{path}: unreadable run record ({err})") from None
     validate_record(record, path)
     return record
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_record(path: Path, record: Mapping[str, Any]) -> None:

@@ -74,16 +74,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from baselines.common import class_balanced_weights
 from curvenet.engine.data import Batch, MetaSampler
 from curvenet.engine.method import ConfigError, Method, Phase, register_method
 from curvenet.engine.virtual import FunctionalModel, SGDRule, meta_backward, momentum_buffers, slmo_frozen
 from curvenet.method.curves import check_curve_window, curve_dim, lowest_loss_per_class, normalise_curves
-from baselines.common import class_balanced_weights
 from curvenet.method.meta_step import meta_loss, virtual_params
 from curvenet.method.network import CurveNet
 from curvenet.method.probe import (
-    PROBE, PROBE_CYCLIC, PROBE_PHASES, ProbeLock, claim_probe, curves_path, load_curves, probe_batch_sizes,
-    probe_epochs, probe_key, probe_lr, publish_curves,
+    PROBE,
+    PROBE_CYCLIC,
+    PROBE_PHASES,
+    ProbeLock,
+    claim_probe,
+    curves_path,
+    load_curves,
+    probe_batch_sizes,
+    probe_epochs,
+    probe_key,
+    probe_lr,
+    publish_curves,
 )
 from curvenet.method.timing import PhaseTimer
 

@@ -24,8 +24,8 @@ from curvenet.engine.method import METHODS, Method
 from curvenet.perf.flops import step_flops
 from curvenet.perf.metastep import GenericMetaStep
 from curvenet.perf.reference import FunctionalMWNetStep, ReferenceMWNetStep, VNet
-from curvenet.perf.synthetic import SyntheticData, bench_config, synthetic_context
 from curvenet.perf.syncs import HostSyncCounter
+from curvenet.perf.synthetic import SyntheticData, bench_config, synthetic_context
 from curvenet.perf.timing import Marker, TimingResult, interleaved
 
 SL_KEYS = ("sl", "slmo", "fro_stage", "skip_layers")  # a registered method's SLMO knob, if any
