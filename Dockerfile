@@ -49,8 +49,8 @@ RUN if [ "$UID" = 0 ] || [ "$GID" = 0 ]; then echo "UID/GID must not be 0: the i
  && chown "$UID:$GID" /splits /results /work
 
 COPY requirements/lock.txt /opt/curvebench/lock.txt
-# As scripts/setup.sh: every package of the lock at its pinned version (pip adds what the lock
-# lacks: torch 2.13 requires setuptools >= 77, newer than the venv's); pip check verifies the set.
+# As scripts/setup.sh: every package of the lock at its pinned version (setuptools included: torch
+# 2.13 needs one newer than the venv's); pip check verifies the set.
 RUN python -m venv /opt/venv \
  && pip install -r /opt/curvebench/lock.txt \
  && pip check
