@@ -88,6 +88,16 @@ def check_drw_epoch(value: Any, key: str) -> None:
         raise ConfigError(f"{key} must be null (the recipe's first milestone) or an epoch >= 0, got {value!r}")
 
 
+def check_drw_options(m: Mapping[str, Any], recipe: Mapping[str, Any]) -> None:
+    """The DRW knobs of ``ldam_drw`` and ``har``: ``beta``, ``drw`` (bool) and ``drw_epoch``."""
+    check_beta(m["beta"], "method.beta")
+    check_drw_epoch(m["drw_epoch"], "method.drw_epoch")
+    if not isinstance(m["drw"], bool):
+        raise ConfigError(f"method.drw must be true or false, got {m['drw']!r}")
+    if m["drw"]:
+        drw_start_epoch(recipe, m["drw_epoch"])
+
+
 def mean_weight_by_noise(sample_weights: torch.Tensor, noisy: torch.Tensor) -> dict[str, float]:
     """Diagnostics: the mean weight given to clean and to noisy training samples (None-free:
     a group with no member is left out)."""

@@ -25,8 +25,7 @@ from omegaconf import OmegaConf
 from baselines.common import (
     DEFAULT_BETA,
     as_device_tensor,
-    check_beta,
-    check_drw_epoch,
+    check_drw_options,
     check_nonneg,
     drw_class_weights,
     drw_start_epoch,
@@ -193,12 +192,7 @@ class HAR(Method):
         e = m.est_epochs
         if e is not None and (not isinstance(e, int) or isinstance(e, bool) or e < 1):
             raise ConfigError(f"method.est_epochs must be null (the recipe's epochs) or an integer >= 1, got {e!r}")
-        check_beta(m.beta, "method.beta")
-        check_drw_epoch(m.drw_epoch, "method.drw_epoch")
-        if not isinstance(m.drw, bool):
-            raise ConfigError(f"method.drw must be true or false, got {m.drw!r}")
-        if m.drw:
-            drw_start_epoch(cfg.recipe, m.drw_epoch)
+        check_drw_options(m, cfg.recipe)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def setup(self) -> None:

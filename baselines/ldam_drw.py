@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from baselines.common import (
     DEFAULT_BETA,
     as_device_tensor,
-    check_beta,
-    check_drw_epoch,
+    check_drw_options,
     check_positive,
     drw_class_weights,
     drw_start_epoch,
@@ -101,14 +100,9 @@ class LDAMDRW(Method):
     @classmethod
     def check_config(cls, cfg) -> None:
         m = cfg.method
-        check_beta(m.beta, "method.beta")
         check_positive(m.max_m, "method.max_m")
         check_positive(m.s, "method.s")
-        check_drw_epoch(m.drw_epoch, "method.drw_epoch")
-        if not isinstance(m.drw, bool):
-            raise ConfigError(f"method.drw must be true or false, got {m.drw!r}")
-        if m.drw:
-            drw_start_epoch(cfg.recipe, m.drw_epoch)
+        check_drw_options(m, cfg.recipe)
 
     def setup(self) -> None:
         self.model = self.ctx.build_model()

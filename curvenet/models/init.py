@@ -18,6 +18,11 @@ def curvenet_init(model: nn.Module) -> None:
     """CurveNet's ``weights_init`` on top of Kaiming: conv ~ N(0, 0.02^2), BN gamma ~ N(1, 0.02^2),
     BN beta = 0; linear layers keep Kaiming weights and PyTorch's default bias."""
     kaiming_init(model)
+    curvenet_conv_bn_init(model)
+
+
+def curvenet_conv_bn_init(model: nn.Module) -> None:
+    """CurveNet's ``weights_init`` alone: conv ~ N(0, 0.02^2), BN gamma ~ N(1, 0.02^2), beta = 0."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.normal_(m.weight, 0.0, 0.02)

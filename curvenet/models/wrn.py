@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from curvenet.models import register_model
-from curvenet.models.init import apply_init
+from curvenet.models.init import apply_init, curvenet_conv_bn_init
 
 
 class PreActBlock(nn.Module):
@@ -74,12 +74,7 @@ def wrn16_8(num_classes: int, in_channels: int = 3, init: str = "curvenet", drop
     """WRN-16-8. ``init=curvenet`` applies CurveNet's conv/BN re-init on top (methods.md §1.8)."""
     model = WideResNet(16, 8, num_classes, in_channels, dropout)
     if init == "curvenet":
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, 0.0, 0.02)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.normal_(m.weight, 1.0, 0.02)
-                nn.init.zeros_(m.bias)
+        curvenet_conv_bn_init(model)  # on top of the WRN reference init, as CurveNet does
     elif init not in ("default", "kaiming"):
         apply_init(model, init)
     return model
