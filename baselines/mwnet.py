@@ -176,7 +176,7 @@ class _MetaWeightNet(Method):
             weights = self.vnet(losses.detach())
         loss = weighted_loss(weights, losses, self.normalize)
         self.step(self.optimizer, loss)
-        self.sample_weight[batch.index] = weights
+        self.sample_weight[batch.index] = weights.to(self.sample_weight.dtype)  # bf16 under autocast
         self.meta_loss_sum += meta_loss.detach()
         self._steps += 1
         return {"loss": loss.detach()}

@@ -78,3 +78,11 @@ def test_no_method_reads_clean_training_labels(workdirs, tmp_path, monkeypatch, 
     for net in wa:
         for key in wa[net]:
             assert torch.equal(wa[net][key], wb[net][key]), f"{method}: {net}.{key} depends on clean labels"
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_every_method_runs_under_bf16_autocast(workdirs, method):
+    """`train.bf16=true` autocasts the training step; per-sample state must keep its own dtype."""
+    assert cli("smoke", f"method={method}", "train.bf16=true") == 0
+    (rec,) = records(workdirs["results"])
+    assert rec["status"] == "done" and rec["config"]["train"]["bf16"] is True

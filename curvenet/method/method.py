@@ -459,7 +459,7 @@ class CurveNetMethod(Method):
         if weights is None:
             with torch.no_grad():
                 weights = self.curvenet(self.curves[batch.index], batch.y)
-            self.sample_weights[batch.index] = weights
+            self.sample_weights[batch.index] = weights.to(self.sample_weights.dtype)  # bf16 under autocast
         ce = F.cross_entropy(self.model(batch.x), batch.y, reduction="none", weight=self.class_weights)
         loss = (weights * ce).sum() / ce.shape[0]
         self.step(self.optimizer, loss)
