@@ -13,7 +13,6 @@ import time
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -40,6 +39,7 @@ from curvenet.models import build_model
 from curvenet.run import build_context, run_planned
 from curvenet.suites import expand_grid, load_suite, plan_suite
 from tests.helpers import cli, records, run_dirs
+from tests.test_virtual_step import Tiny  # the tiny BN network of the virtual-step tests
 
 CELL = ["seed=1", "split.imbalance_factor=10", "split.noise_rate=0.4", "train.deterministic=true"]
 TINY_PROBE = ["method.probe.epochs=2", "method.probe.cyclic_epochs=2", "method.probe.cyclic_half_period=1",
@@ -126,18 +126,6 @@ def test_curvenet_architecture_init_and_output():
 
 
 # -- the meta step ------------------------------------------------------------------------------
-class Tiny(nn.Module):
-    slmo_groups = (("stem",), ("stage1",), ("stage2",))
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU())
-        self.stage1 = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
-        self.stage2 = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
-        self.linear = nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.linear(self.stage2(self.stage1(self.stem(x))).mean((2, 3)))
 
 
 @pytest.mark.parametrize("sl", [0, 2])
