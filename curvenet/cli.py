@@ -65,6 +65,9 @@ def run_suite_command(argv: list[str]) -> int:
         if args.dry_run or args.workers != 1 or args.gpus:
             raise ConfigError("hydra/launcher=... runs one launcher job per run: leave out --dry-run, --workers "
                               "and --gpus (ask the launcher for GPUs, e.g. hydra.launcher.gpus_per_node=1)")
+        from curvenet.preflight import preflight
+
+        preflight(plan_suite(args.suite, split_overrides(args.overrides)[1] + extra))  # before any job exists
         return _launch(args, extra)
     if any(o.startswith(("hydra/", "hydra.")) for o in args.overrides):
         raise ConfigError(f"{split_overrides(args.overrides)[0]}: hydra.* settings apply to a launcher; "
@@ -97,6 +100,10 @@ def run_suite_command(argv: list[str]) -> int:
             f"was found. Run it on a GPU machine (e.g. `docker compose run bench {args.suite}`), narrow it "
             "(e.g. method=ce seed=1 recipe.epochs=2), or pass --allow-cpu to run it on this CPU anyway"
         )
+    if args.worker_name is None:  # workers' parent (or this process) checks once for all workers
+        from curvenet.preflight import preflight
+
+        preflight(runs)
     workers.sigterm_as_interrupt()
     if args.workers > 1 or gpus:  # a worker process sees only its GPU (CUDA_VISIBLE_DEVICES)
         return _run_workers(args, runs, gpus)
@@ -108,12 +115,13 @@ def _run_here(args: argparse.Namespace, runs: list) -> int:
     from tqdm.auto import tqdm
 
     from curvenet import workers
+    from curvenet.engine.records import run_record_state
 
     progress = not args.no_progress and bool(runs[0].cfg.train.progress) and args.worker_name is None
     tag = f"[{args.worker_name}] " if args.worker_name else ""
     bar = tqdm(total=len(runs), desc=f"suite {args.suite}", unit="run", disable=not progress, position=0)
-    bar.update(sum((r.run_dir / "result.json").exists()
-                   or (not args.retry_failed and (r.run_dir / "failed.json").exists()) for r in runs))
+    bar.update(sum(state == "done" or (state == "failed" and not args.retry_failed)
+                   for state in (run_record_state(r.run_dir) for r in runs)))
 
     def report(event: "workers.Event") -> None:
         if event.kind == "start":

@@ -51,6 +51,18 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     return cfg
 
 
+OPTIMIZERS = ("sgd",)  # engine/context.py build_optimizer
+SCHEDULES = ("multistep", "cosine", "constant")  # engine/schedules.py recipe_lr
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _require(cond: bool, message: str) -> None:
     if not cond:
         raise ConfigError(message)
@@ -70,9 +82,25 @@ def validate_config(cfg: DictConfig) -> None:
     r = cfg.recipe
     for key in ("epochs", "batch_size"):
         value = r[key]
-        _require(isinstance(value, int) and value >= 1, f"recipe.{key} must be a positive integer, got {value!r}")
-    _require(float(r.lr) > 0, f"recipe.lr must be positive, got {r.lr}")
-    _require(all(isinstance(m, int) and m >= 0 for m in r.milestones), "recipe.milestones must be epochs >= 0")
+        _require(_is_int(value) and value >= 1, f"recipe.{key} must be a positive integer, got {value!r}")
+    _require(_is_number(r.lr) and float(r.lr) > 0, f"recipe.lr must be a positive number, got {r.lr!r}")
+    for key in ("momentum", "weight_decay", "gamma"):
+        if key in r:
+            _require(_is_number(r[key]) and float(r[key]) >= 0, f"recipe.{key} must be a number >= 0, got {r[key]!r}")
+    if "warmup_epochs" in r:
+        _require(_is_int(r.warmup_epochs) and r.warmup_epochs >= 0,
+                 f"recipe.warmup_epochs must be an integer >= 0, got {r.warmup_epochs!r}")
+    _require(isinstance(r.milestones, Sequence) and not isinstance(r.milestones, str)
+             and all(_is_int(m) and m >= 0 for m in r.milestones), "recipe.milestones must be a list of epochs >= 0")
+    _require(r.get("optimizer") in OPTIMIZERS,
+             f"recipe.optimizer must be one of {', '.join(OPTIMIZERS)}, got {r.get('optimizer')!r}")
+    _require(r.get("schedule") in SCHEDULES,
+             f"recipe.schedule must be one of {', '.join(SCHEDULES)}, got {r.get('schedule')!r}")
+    t = cfg.train
+    _require(t.num_threads is None or (_is_int(t.num_threads) and t.num_threads >= 1),
+             f"train.num_threads must be null or a positive integer, got {t.num_threads!r}")
+    _require(_is_int(t.eval_batch_size) and t.eval_batch_size >= 1,
+             f"train.eval_batch_size must be a positive integer, got {t.eval_batch_size!r}")
     _require(cfg.method.name in METHODS, f"unknown method {cfg.method.name!r}; available: {', '.join(METHODS.names())}")
     _require(cfg.model.name in MODELS, f"unknown model {cfg.model.name!r}; available: {', '.join(MODELS.names())}")
     _require(isinstance(cfg.seed, int), f"seed must be an integer, got {cfg.seed!r}")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from curvenet.data import ImageFiles, Split, get_split, load_dataset, spec_from_config
+from curvenet.data import DataError, ImageFiles, Split, get_split, load_dataset, spec_from_config
 from curvenet.engine.augment import Normalize
 from curvenet.engine.context import CleanLabels, TrainContext
 from curvenet.engine.data import ImageSet, MetaSampler, to_device_images
@@ -25,13 +25,15 @@ from curvenet.engine.evaluate import per_class_accuracy, shot_accuracy, shot_gro
 from curvenet.engine.fastpath import apply_backend_flags, check_flags
 from curvenet.engine.files import FileImageSet
 from curvenet.engine.loop import Interrupted, NonFiniteLoss, Trainer, TrainOutcome
-from curvenet.engine.method import METHODS
+from curvenet.engine.method import METHODS, ConfigError
 from curvenet.engine.records import (
     FAILED_FILE,
     RESULT_FILE,
     RecordError,
     environment,
     read_record,
+    record_state,
+    set_aside,
     write_record,
 )
 from curvenet.io import atomic_path, atomic_write_text
@@ -59,28 +61,31 @@ def _stream_seed(seed: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def run_status(run_dir: Path) -> str:
-    """done | failed | running-or-interrupted | missing, from the files in ``run_dir``."""
-    if (run_dir / RESULT_FILE).exists():
-        return "done"
-    if (run_dir / FAILED_FILE).exists():
-        return "failed"
-    if (run_dir / "checkpoint.pt").exists() or (run_dir / "config.yaml").exists():
-        return "started"
-    return "missing"
+def _set_aside_untrusted(run_dir: Path) -> None:
+    """Before training: move away records that cannot be trusted (corrupt files, failures an earlier
+    version recorded for causes outside training), keeping them, and say so."""
+    for name in (RESULT_FILE, FAILED_FILE):
+        path = run_dir / name
+        state = record_state(path)
+        if state in ("corrupt", "setup"):
+            kept = set_aside(path, "corrupt" if state == "corrupt" else "setup")
+            why = ("cannot be read or does not follow the record schema" if state == "corrupt"
+                   else "records a failure outside training (data, config or paths), which is not permanent")
+            print(f"note: {path} {why}; kept as {kept.name}, training the run again", file=sys.stderr)
 
 
 def run_planned(plan: PlannedRun, *, progress: bool = False, retry_failed: bool = False,
                 interrupt_after: int | None = None) -> str:
-    """Train ``plan`` unless already finished. Returns "done", "skipped", "failed" or "failed-before"."""
+    """Train ``plan`` unless already finished. Returns "done", "skipped", "failed" or "failed-before".
+
+    Causes outside training (data, split, config, paths) raise ConfigError/DataError and write no
+    record; ``failed.json`` is written for failures of training itself only.
+    """
     run_dir = plan.run_dir
     result_path, failed_path = run_dir / RESULT_FILE, run_dir / FAILED_FILE
+    _set_aside_untrusted(run_dir)
     if result_path.exists():
-        try:
-            record = read_record(result_path)
-        except RecordError as err:
-            raise RecordError(f"{err}. The run directory holds a result that cannot be read; move it away "
-                              "to re-run (it is never overwritten)") from None
+        record = read_record(result_path)
         if record["config_hash"] != plan.config_hash:
             raise RecordError(f"{result_path} belongs to another config (hash {record['config_hash'][:12]}); "
                               "move it away to re-run")
@@ -94,13 +99,22 @@ def run_planned(plan: PlannedRun, *, progress: bool = False, retry_failed: bool 
         failed_path.rename(run_dir / f"failed-{n}.json")
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(plan.cfg, resolve=True))
     started = _now()
     built: dict[str, Any] = {}
     try:
         ctx, clean, split, generators, official = build_context(plan)
-        built.update(split=split, official=official)
-        method = METHODS.get(plan.cfg.method.name)(ctx, plan.cfg.method)
+    except (ConfigError, DataError, RecordError):
+        raise
+    except Exception as err:  # e.g. an unreadable file, no space left: fixable, so no run record
+        raise DataError(f"run {run_dir} could not be set up ({type(err).__name__}: {err}); fix the cause and "
+                        "run the same command again (no run record was written)") from None
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(plan.cfg, resolve=True))
+    built.update(split=split, official=official)
+    try:
+        try:
+            method = METHODS.get(plan.cfg.method.name)(ctx, plan.cfg.method)
+        except ConfigError as err:
+            raise ConfigError(f"method {plan.cfg.method.name!r}: {err}") from None
         trainer = Trainer(ctx, method, clean, generators=generators, limit_batches=plan.cfg.train.limit_batches,
                           eval_batch_size=int(plan.cfg.train.eval_batch_size), progress=progress,
                           checkpoint=bool(plan.cfg.train.checkpoint), interrupt_after=interrupt_after)
@@ -108,7 +122,7 @@ def run_planned(plan: PlannedRun, *, progress: bool = False, retry_failed: bool 
     except NonFiniteLoss as err:
         _write_failure(plan, started, built, err.phase, err.epoch, str(err), traceback.format_exc())
         return "failed"
-    except Interrupted:
+    except (Interrupted, ConfigError, DataError):  # not failures of training: no record, exit 2
         raise
     except Exception as err:  # a crash in one run must not lose the rest of a suite
         _write_failure(plan, started, built, "?", -1, f"{type(err).__name__}: {err}", traceback.format_exc())

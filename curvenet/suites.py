@@ -50,7 +50,12 @@ def split_override(override: str) -> tuple[str, list[Any]]:
     if "=" not in override or override.startswith(("+", "~")):
         raise ConfigError(f"override {override!r} is not of the form key=value (additions with + are not allowed)")
     key, text = override.split("=", 1)
-    return key.strip(), [_parse_value(v) for v in text.split(",")]
+    key = key.strip()
+    if key in GROUP_KEYS and not text.strip():
+        from curvenet.config import group_options
+
+        raise ConfigError(f"{key}= needs a value; available: {', '.join(group_options(key))}")
+    return key, [_parse_value(v) for v in text.split(",")]
 
 
 def grid_value(config: Mapping[str, Any], key: str) -> Any:

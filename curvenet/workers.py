@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from curvenet.engine.records import FAILED_FILE, RESULT_FILE
+from curvenet.engine.records import run_record_state
 from curvenet.io import atomic_write_text
 
 CLAIM_FILE = "claim.json"
@@ -143,9 +143,8 @@ def read_claim(run_dir: Path, *, stale: float | None = None, now: float | None =
         data = json.loads(raw)
         if not isinstance(data, dict):
             raise ValueError("not an object")
-    except ValueError:  # created but not written yet (or truncated): judge by the file's age
-        age = now - mtime
-        return ClaimInfo(path, raw, None, age < stale, f"unreadable claim, {age:.0f} s old")
+    except ValueError:  # claims appear with their content (try_claim): an unreadable one is damaged
+        return ClaimInfo(path, raw, None, False, "unreadable claim (damaged): stale")
     me = host_identity()
     same_machine = all(data.get(k) == me[k] for k in ("host", "boot_id", "pid_ns"))
     if same_machine and isinstance(data.get("pid"), int):
@@ -257,8 +256,14 @@ def try_claim(run_dir: Path, *, worker: str = "", stale: float | None = None) ->
         data = {"token": uuid.uuid4().hex, **host_identity(), "pid": pid, "pid_start": _pid_start(pid),
                 "worker": worker, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "slurm_job": _slurm_job(),
                 "started": _now_iso(t), "heartbeat": t, "heartbeat_iso": _now_iso(t)}
+        # Written to a private file, then linked into place: the claim appears complete or not at all.
+        tmp = path.with_name(f".{CLAIM_FILE}.{data['token']}")
+        with open(tmp, "w") as f:
+            f.write(json.dumps(data, indent=1) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(tmp, path)  # fails if a claim exists
         except FileExistsError:
             info = read_claim(run_dir, stale=stale)
             if info is None:
@@ -270,26 +275,26 @@ def try_claim(run_dir: Path, *, worker: str = "", stale: float | None = None) ->
                 return None
             _break_dead_claim(info)
             continue
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, indent=1) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        finally:
+            tmp.unlink(missing_ok=True)
         return Claim(run_dir, data)
     return None
 
 
 # -- run states ---------------------------------------------------------------------------------
-STATES = ("done", "running", "failed", "interrupted", "missing")
+STATES = ("done", "running", "failed", "corrupt", "interrupted", "missing")
 
 
 def live_status(run_dir: Path, *, stale: float | None = None) -> str:
-    """done | failed | running (claimed, owner alive) | interrupted (started, nobody on it) | missing."""
+    """done | failed | corrupt (a record that cannot be read: re-trained by the next invocation) |
+    running (claimed, owner alive) | interrupted (started, nobody on it) | missing."""
     run_dir = Path(run_dir)
-    if (run_dir / RESULT_FILE).exists():
-        return "done"
-    if (run_dir / FAILED_FILE).exists():
-        return "failed"
+    state = run_record_state(run_dir)
+    if state in ("done", "failed"):
+        return state
     info = read_claim(run_dir, stale=stale)
+    if state == "corrupt":
+        return "running" if info is not None and info.alive else "corrupt"
     if info is not None and info.alive:
         return "running"
     if (run_dir / "checkpoint.pt").exists() or (run_dir / "config.yaml").exists() or info is not None:
@@ -326,10 +331,11 @@ def work(runs: Sequence[Any], *, worker: str = "", retry_failed: bool = False, p
     while pending:
         busy = []
         for plan in pending:
-            if (plan.run_dir / RESULT_FILE).exists():
+            state = run_record_state(plan.run_dir)  # validated: a corrupt record is re-trained
+            if state == "done":
                 counts["skipped"] += 1
                 continue
-            if (plan.run_dir / FAILED_FILE).exists() and not retry_failed:
+            if state == "failed" and not retry_failed:
                 counts["failed-before"] += 1
                 continue
             claim = try_claim(plan.run_dir, worker=worker)
@@ -353,7 +359,7 @@ def work(runs: Sequence[Any], *, worker: str = "", retry_failed: bool = False, p
             break
         time.sleep(delay)  # short at first: the other workers are often about to finish
         delay = min(poll, 2 * delay)
-        still = [p for p in busy if not ((p.run_dir / RESULT_FILE).exists() or (p.run_dir / FAILED_FILE).exists())]
+        still = [p for p in busy if run_record_state(p.run_dir) not in ("done", "failed")]
         if still and not announced:
             report(Event("wait", waiting=still))
             announced = True
@@ -458,13 +464,13 @@ def status_table(runs: Sequence[Any], states: Sequence[str]) -> tuple[list[str],
 def _cell_text(c: Counter[str]) -> str:
     n = sum(c.values())
     parts = [f"{c['done']}/{n} done"]
-    parts += [f"{c[s]} {s}" for s in ("running", "failed", "interrupted") if c[s]]
+    parts += [f"{c[s]} {s}" for s in ("running", "failed", "corrupt", "interrupted") if c[s]]
     return ", ".join(parts)
 
 
 def totals_line(totals: Counter[str]) -> str:
     n = sum(totals.values())
-    return f"{n} runs: " + ", ".join(f"{totals[s]} {s}" for s in STATES)
+    return f"{n} runs: " + ", ".join(f"{totals[s]} {s}" for s in STATES if s != "corrupt" or totals[s])
 
 
 def iter_claims(runs: Sequence[Any]) -> Iterator[tuple[Any, ClaimInfo]]:

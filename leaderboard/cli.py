@@ -2,7 +2,8 @@
 
 Reads every result.json and failed.json under RESULTS_DIR (default ``$CURVEBENCH_RESULTS`` or
 ``./results``) and writes the markdown, runs.csv and cells.csv beside it, and the figures into
-``figures/`` beside it. Unreadable record files are reported and skipped.
+``figures/`` beside it. Unreadable record files are reported and left out, and the exit status is 1
+unless ``--allow-unreadable``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--strict", action="store_true",
                    help="exit with status 1 when a record file was skipped or a cell is flagged")
+    p.add_argument("--allow-unreadable", action="store_true",
+                   help="exit 0 even when record files could not be read (they are listed and left out)")
     args = p.parse_args(argv)
     results = args.results if args.results is not None else results_root()
     if not results.is_dir():
@@ -47,6 +50,11 @@ def main(argv: list[str]) -> int:
     print(f"wrote {args.output} (+ runs.csv, cells.csv, {len(report.figures.figures)} figures): "
           f"{n_done} finished runs, {n_failed} failed, {len(report.runs.problems)} file(s) skipped, "
           f"{report.flagged_cells} flagged cell(s)")
+    if report.runs.problems and not args.allow_unreadable:
+        print(f"curvebench leaderboard: error: {len(report.runs.problems)} record file(s) could not be read and are "
+              "missing from the tables (listed above); re-run their suite to re-train them, or pass "
+              "--allow-unreadable", file=sys.stderr)
+        return 1
     if args.strict and (report.runs.problems or report.flagged_cells):
         return 1
     return 0

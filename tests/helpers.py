@@ -19,3 +19,13 @@ def records(results: Path, name: str = "result.json") -> list[dict[str, Any]]:
 
 def run_dirs(results: Path) -> list[Path]:
     return sorted(p.parent for p in results.rglob("config.yaml"))
+
+
+_FIXTURE_RESULTS = Path(__file__).parent / "fixtures" / "leaderboard" / "results"
+
+
+def valid_record_text(status: str = "done") -> str:
+    """A schema-valid record ("done", or "failed" of training itself) from the leaderboard fixtures."""
+    name = "result.json" if status == "done" else "failed.json"
+    return next(p for p in sorted(_FIXTURE_RESULTS.rglob(name)) if json.loads(p.read_text())["status"] == status
+                ).read_text()

@@ -18,7 +18,7 @@ import pytest
 
 from curvenet import workers
 from curvenet.workers import CLAIM_FILE, read_claim, try_claim
-from tests.helpers import cli
+from tests.helpers import cli, valid_record_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_CE = ["method=ce", "recipe.epochs=1", "split.noise_rate=0.4"]  # 2 cells x 3 seeds, one epoch each
@@ -220,9 +220,9 @@ def test_status_shows_done_running_failed_and_missing_per_cell(workdirs, capsys)
     for seed in (1, 2, 3):
         d = by[(1, seed)].run_dir
         d.mkdir(parents=True)
-        (d / "result.json").write_text("{}")
+        (d / "result.json").write_text(valid_record_text("done"))  # only a valid record counts as done
     (by[(10, 1)].run_dir).mkdir(parents=True)
-    (by[(10, 1)].run_dir / "failed.json").write_text("{}")
+    (by[(10, 1)].run_dir / "failed.json").write_text(valid_record_text("failed"))
     live = try_claim(by[(10, 2)].run_dir, worker="w7")
     (by[(10, 3)].run_dir).mkdir(parents=True)
     (by[(10, 3)].run_dir / "config.yaml").write_text("")  # started, nobody on it

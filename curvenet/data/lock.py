@@ -50,6 +50,16 @@ def _compact(counts: list[int]) -> str:
     return ",".join(map(str, counts[:3])) + ",...," + ",".join(map(str, counts[-2:])) + f" ({len(counts)} cls)"
 
 
+def _differing_keys(stored: Any, fresh: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where a stored manifest differs from one recomputed from the data."""
+    if isinstance(stored, dict) and isinstance(fresh, dict):
+        out: list[str] = []
+        for key in sorted(set(stored) | set(fresh)):
+            out += _differing_keys(stored.get(key), fresh.get(key), f"{prefix}{key}.")
+        return out
+    return [] if stored == fresh else [prefix.rstrip(".")]
+
+
 def build_splits(
     items: list[tuple[Any, SplitSpec]],
     data_root: Path,
@@ -75,10 +85,13 @@ def build_splits(
             cache[key] = load_dataset(cfg, data_root)
         data = cache[key]
         split = get_split(data, spec, splits_dir)
-        fresh = build_split(data, spec)[0].sha256
+        fresh = build_split(data, spec)[0]
         entry = lock.get(spec.spec_hash())
-        if split.sha256 != fresh:
+        edited = _differing_keys(split.manifest, fresh.manifest)
+        if split.sha256 != fresh.sha256:
             status, bad = "STALE (stored file differs from a fresh one)", True
+        elif edited:  # the file's hash is verified; its statistics live in the manifest only
+            status, bad = f"DAMAGED manifest ({', '.join(edited)} differ from the split file)", True
         elif entry is not None and entry.get("sha256") == split.sha256:
             status = "ok"
         elif update_lock:
@@ -86,11 +99,11 @@ def build_splits(
             status, changed = "updated", True
         else:
             status, bad = ("missing" if entry is None else "DIFFERS"), True
-        noise = split.manifest.get("noise", {})
+        noise = fresh.manifest.get("noise", {})  # statistics as recomputed, never as stored
         rows.append([
             spec.tag(),
             split.num_train,
-            _compact(split.manifest["counts"]["train_clean"]),
+            _compact(fresh.manifest["counts"]["train_clean"]),
             split.num_meta,
             noise.get("nominal_rate"),
             noise.get("realised_rate", noise.get("realised_rate_on_verified")),

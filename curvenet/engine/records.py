@@ -156,6 +156,66 @@ def write_record(path: Path, record: Mapping[str, Any]) -> None:
     atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True, default=_json_default) + "\n")
 
 
+# -- what the records in a run directory say about the run --------------------------------------
+_SETUP_CAUSES = ("DataError", "ConfigError", "RecordError", "UnknownNameError")
+_STATE_CACHE: dict[str, tuple[tuple[int, int, int], str]] = {}
+
+
+def record_state(path: Path) -> str:
+    """"missing", "valid" or "corrupt" (unreadable or off-schema) for one record file.
+
+    For ``failed.json``, "valid" means a failure of training itself; "setup" marks a failure an
+    earlier version recorded for a cause outside training (no data, a bad config), which is never
+    permanent. Cached by (mtime, size, inode): status tables ask often.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return "missing"
+    key = (st.st_mtime_ns, st.st_size, st.st_ino)
+    hit = _STATE_CACHE.get(str(path))
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    try:
+        record = read_record(path)
+        state = "valid"
+        if record["status"] == "failed" and (record["split_sha256"] == "0" * 64
+                                             or str(record["failure"]["cause"]).startswith(_SETUP_CAUSES)):
+            state = "setup"
+    except RecordError:
+        state = "corrupt"
+    _STATE_CACHE[str(path)] = (key, state)
+    return state
+
+
+def run_record_state(run_dir: Path) -> str:
+    """done | failed (training failed) | corrupt (a record that cannot be trusted) | retry (an earlier
+    failure outside training) | none: what the run's records say, validated."""
+    result = record_state(Path(run_dir) / RESULT_FILE)
+    if result == "valid":
+        return "done"
+    if result == "corrupt":
+        return "corrupt"
+    failed = record_state(Path(run_dir) / FAILED_FILE)
+    return {"valid": "failed", "corrupt": "corrupt", "setup": "retry"}.get(failed, "none")
+
+
+def set_aside(path: Path, tag: str) -> Path:
+    """Move ``path`` to ``<stem>.<tag>-N<suffix>`` (the first free N) and return it; never overwrites."""
+    path = Path(path)
+    n = 1
+    while True:
+        target = path.with_name(f"{path.stem}.{tag}-{n}{path.suffix}")
+        try:
+            os.link(path, target)  # fails if target exists, unlike rename
+        except FileExistsError:
+            n += 1
+            continue
+        path.unlink()
+        return target
+
+
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
