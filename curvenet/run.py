@@ -25,7 +25,7 @@ from curvenet.engine.evaluate import per_class_accuracy, shot_accuracy, shot_gro
 from curvenet.engine.fastpath import apply_backend_flags, check_flags
 from curvenet.engine.files import FileImageSet
 from curvenet.engine.loop import Interrupted, NonFiniteLoss, Trainer, TrainOutcome
-from curvenet.engine.method import METHODS
+from curvenet.engine.method import METHODS, ConfigError
 from curvenet.engine.records import (
     FAILED_FILE,
     RESULT_FILE,
@@ -44,10 +44,12 @@ HISTORY_FILE = "history.json"
 
 
 def select_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; a CUDA device on a machine without one is a ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name} but CUDA is not available; use train.device=cpu or auto")
+        raise ConfigError(f"device {name} requested but this machine has no usable CUDA device; "
+                          "use --device cpu (or leave --device out: CUDA when available, else the CPU)")
     return torch.device(name)
 
 

@@ -416,6 +416,37 @@ def wait_workers(procs: Sequence[subprocess.Popen[bytes]], grace: float = 30.0) 
         raise
 
 
+def describe_worker_exits(codes: Sequence[int], runs: Sequence[Any]) -> list[str]:
+    """One line per worker that did not exit cleanly: how it ended and the run it was training.
+
+    Worker ``w{i+1}`` is the i-th process of ``spawn_workers``; a worker that was killed leaves its
+    claim behind, which names the run (the next invocation reclaims and resumes it).
+    """
+    held: dict[str, list[Any]] = {}
+    for plan, info in iter_claims(runs):
+        if info.data is not None and not info.alive:
+            held.setdefault(str(info.data.get("worker", "")), []).append(plan)
+    lines = []
+    for i, code in enumerate(codes):
+        if code == 0:
+            continue
+        name = f"w{i + 1}"
+        if code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+            if -code == signal.SIGKILL:
+                how += " (out of memory, or killed by hand)"
+        else:
+            how = f"exited with status {code}" + (" (an error it printed above)" if code == 2 else "")
+        plans = held.get(name, [])
+        what = ("; it was training " + ", ".join(f"{p.label} ({p.run_dir})" for p in plans)
+                if plans else "")
+        lines.append(f"worker {name} {how}{what}; run the same command again to resume")
+    return lines
+
+
 # -- status per cell ----------------------------------------------------------------------------
 CELL_EXCLUDED = ("method", "seed")
 
