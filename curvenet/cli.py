@@ -230,9 +230,12 @@ def _run_workers(args: argparse.Namespace, runs: list, gpus: list[str]) -> int:
     child += ["--device", args.device] if args.device else []
     where = f" on GPUs {','.join(gpus)}" if gpus else ""
     print(f"suite {args.suite}: {len(runs)} runs, {args.workers} workers{where}", flush=True)
-    codes = workers.wait_workers(workers.spawn_workers(args.workers, child, gpus))
-    for line in workers.describe_worker_exits(codes, runs):
-        print(line, file=sys.stderr)
+
+    def on_exit(i: int, code: int) -> None:  # at once: a killed worker's claim still names its run
+        if code:
+            print(workers.describe_worker_exit(i, code, runs), file=sys.stderr, flush=True)
+
+    codes = workers.wait_workers(workers.spawn_workers(args.workers, child, gpus), on_exit=on_exit)
     states = Counter(workers.live_status(r.run_dir) for r in runs)
     print(f"suite {args.suite}: " + ", ".join(f"{n} {k}" for k, n in sorted(states.items()))
           + f"; results under {runs[0].config['paths']['results']}")

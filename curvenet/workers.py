@@ -399,10 +399,24 @@ def spawn_workers(n: int, child_args: Sequence[str], gpus: Sequence[str]) -> lis
     return procs
 
 
-def wait_workers(procs: Sequence[subprocess.Popen[bytes]], grace: float = 30.0) -> list[int]:
-    """Wait for the workers; on Ctrl-C/SIGTERM pass it on, so each releases its claim and stops."""
+def wait_workers(procs: Sequence[subprocess.Popen[bytes]], grace: float = 30.0,
+                 on_exit: Callable[[int, int], None] | None = None, poll: float = 0.5) -> list[int]:
+    """Wait for the workers; on Ctrl-C/SIGTERM pass it on, so each releases its claim and stops.
+
+    ``on_exit(i, code)`` is called as soon as worker ``i`` ends, while a killed worker's claim still
+    names its run (another worker may reclaim it soon after).
+    """
+    codes: list[int | None] = [None] * len(procs)
     try:
-        return [p.wait() for p in procs]
+        while any(c is None for c in codes):
+            for i, p in enumerate(procs):
+                if codes[i] is None and p.poll() is not None:
+                    codes[i] = p.returncode
+                    if on_exit is not None:
+                        on_exit(i, p.returncode)
+            if any(c is None for c in codes):
+                time.sleep(poll)
+        return [int(c) for c in codes]  # type: ignore[arg-type]
     except KeyboardInterrupt:
         for p in procs:
             if p.poll() is None:
@@ -416,35 +430,26 @@ def wait_workers(procs: Sequence[subprocess.Popen[bytes]], grace: float = 30.0) 
         raise
 
 
-def describe_worker_exits(codes: Sequence[int], runs: Sequence[Any]) -> list[str]:
-    """One line per worker that did not exit cleanly: how it ended and the run it was training.
+def describe_worker_exit(index: int, code: int, runs: Sequence[Any]) -> str:
+    """How worker ``w{index+1}`` (the index-th process of ``spawn_workers``) ended, and the run it held.
 
-    Worker ``w{i+1}`` is the i-th process of ``spawn_workers``; a worker that was killed leaves its
-    claim behind, which names the run (the next invocation reclaims and resumes it).
+    A killed worker leaves its claim behind, which names the run (the next invocation, or another
+    worker, reclaims and resumes it).
     """
-    held: dict[str, list[Any]] = {}
-    for plan, info in iter_claims(runs):
-        if info.data is not None and not info.alive:
-            held.setdefault(str(info.data.get("worker", "")), []).append(plan)
-    lines = []
-    for i, code in enumerate(codes):
-        if code == 0:
-            continue
-        name = f"w{i + 1}"
-        if code < 0:
-            try:
-                how = f"was killed by {signal.Signals(-code).name}"
-            except ValueError:
-                how = f"was killed by signal {-code}"
-            if -code == signal.SIGKILL:
-                how += " (out of memory, or killed by hand)"
-        else:
-            how = f"exited with status {code}" + (" (an error it printed above)" if code == 2 else "")
-        plans = held.get(name, [])
-        what = ("; it was training " + ", ".join(f"{p.label} ({p.run_dir})" for p in plans)
-                if plans else "")
-        lines.append(f"worker {name} {how}{what}; run the same command again to resume")
-    return lines
+    name = f"w{index + 1}"
+    if code < 0:
+        try:
+            how = f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"was killed by signal {-code}"
+        if -code == signal.SIGKILL:
+            how += " (out of memory, or killed by hand)"
+    else:
+        how = f"exited with status {code}" + (" (an error it printed above)" if code == 2 else "")
+    held = [plan for plan, info in iter_claims(runs)
+            if info.data is not None and not info.alive and info.data.get("worker") == name]
+    what = "; it was training " + ", ".join(f"{p.label} ({p.run_dir})" for p in held) if held else ""
+    return f"worker {name} {how}{what}; run the same command again to resume"
 
 
 # -- status per cell ----------------------------------------------------------------------------

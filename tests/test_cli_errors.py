@@ -257,23 +257,35 @@ def test_progress_label_keeps_the_seed(workdirs, capsys, monkeypatch):
 
 
 # -- workers ------------------------------------------------------------------------------------
+KILLED_WORKER = """
+import os, signal, sys
+from pathlib import Path
+from curvenet.workers import try_claim
+try_claim(Path(sys.argv[1]), worker="w1")
+os.kill(os.getpid(), signal.SIGKILL)  # dies holding the claim, as an OOM-killed worker does
+"""
+
+
 def test_parent_names_the_run_of_a_killed_worker(workdirs, capsys, monkeypatch):
-    runs = plan_suite("digits", ["method=ce", "seed=1,2", *ONE_CELL, "recipe.epochs=1"])
-    claim = workers.try_claim(runs[1].run_dir, worker="w2")
-    dead = {**claim.data, "host": "gone-host", "heartbeat": 0.0}  # as a SIGKILLed worker leaves it
-    (runs[1].run_dir / workers.CLAIM_FILE).write_text(json.dumps(dead))
-    monkeypatch.setattr(workers, "spawn_workers", lambda n, child, gpus: [])
-    monkeypatch.setattr(workers, "wait_workers", lambda procs: [0, -9])
-    assert main(["digits", "method=ce", "seed=1,2", *ONE_CELL, "recipe.epochs=1", "--workers", "2"]) == 1
+    overrides = ["method=ce", "seed=1,2", *ONE_CELL, "recipe.epochs=1"]
+    held = plan_suite("digits", overrides)[1]
+
+    def spawn(n, child, gpus):
+        return [subprocess.Popen([sys.executable, "-c", KILLED_WORKER, str(held.run_dir)], env=_env(), cwd=ROOT)]
+
+    monkeypatch.setattr(workers, "spawn_workers", spawn)
+    assert main(["digits", *overrides, "--workers", "2"]) == 1
     err = capsys.readouterr().err
     line = next(line for line in err.splitlines() if line.startswith("worker "))
-    assert "w2" in line and "SIGKILL" in line and runs[1].label in line and str(runs[1].run_dir) in line
+    assert "w1 was killed by SIGKILL" in line and held.label in line and str(held.run_dir) in line
+    assert "2 runs are not finished" in err
 
 
-def test_describe_worker_exits_without_a_claim():
-    lines = workers.describe_worker_exits([0, 2, -15], [])
-    assert lines == ["worker w2 exited with status 2 (an error it printed above); run the same command again to resume",
-                     "worker w3 was killed by SIGTERM; run the same command again to resume"]
+def test_worker_exit_without_a_claim():
+    assert workers.describe_worker_exit(1, 2, []) == (
+        "worker w2 exited with status 2 (an error it printed above); run the same command again to resume")
+    assert workers.describe_worker_exit(2, -15, []) == (
+        "worker w3 was killed by SIGTERM; run the same command again to resume")
 
 
 # -- adding a method ------------------------------------------------------------------------------
