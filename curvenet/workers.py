@@ -444,12 +444,14 @@ def describe_worker_exit(index: int, code: int, runs: Sequence[Any]) -> str:
             how = f"was killed by signal {-code}"
         if -code == signal.SIGKILL:
             how += " (out of memory, or killed by hand)"
-    else:
-        how = f"exited with status {code}" + (" (an error it printed above)" if code == 2 else "")
+    else:  # 1: runs that failed (failed.json) or an error; 2: an error it printed
+        how = f"exited with status {code}" + (" (failed runs, or an error it printed above)" if code == 1 else
+                                              " (an error it printed above)" if code == 2 else "")
     held = [plan for plan, info in iter_claims(runs)
             if info.data is not None and not info.alive and info.data.get("worker") == name]
     what = "; it was training " + ", ".join(f"{p.label} ({p.run_dir})" for p in held) if held else ""
-    return f"worker {name} {how}{what}; run the same command again to resume"
+    resume = "; run the same command again to resume" if code < 0 or held else ""
+    return f"worker {name} {how}{what}{resume}"
 
 
 # -- status per cell ----------------------------------------------------------------------------

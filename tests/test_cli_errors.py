@@ -283,7 +283,7 @@ def test_parent_names_the_run_of_a_killed_worker(workdirs, capsys, monkeypatch):
 
 def test_worker_exit_without_a_claim():
     assert workers.describe_worker_exit(1, 2, []) == (
-        "worker w2 exited with status 2 (an error it printed above); run the same command again to resume")
+        "worker w2 exited with status 2 (an error it printed above)")
     assert workers.describe_worker_exit(2, -15, []) == (
         "worker w3 was killed by SIGTERM; run the same command again to resume")
 
