@@ -11,6 +11,8 @@ published leaderboard is current.
 from __future__ import annotations
 
 import argparse
+import difflib
+import itertools
 import os
 import shlex
 import sys
@@ -95,6 +97,10 @@ def main(argv: list[str]) -> int:
             built = Path(tmp) / args.output.name
             build_report(results, built, options)
             differ = check_current(built, args.output)
+            if differ and args.output.exists():  # what changed in the markdown, briefly
+                diff = difflib.unified_diff(args.output.read_text().splitlines(), built.read_text().splitlines(),
+                                            str(args.output), "rebuilt", n=0, lineterm="")
+                print("\n".join(line[:300] for line in itertools.islice(diff, 40)), file=sys.stderr)
         if differ:
             print(f"curvebench leaderboard: {args.output} is not what {results} gives; differs: "
                   f"{', '.join(differ)}. Regenerate with `{command}`", file=sys.stderr)
