@@ -100,7 +100,9 @@ def main(argv: list[str]) -> int:
             if differ and args.output.exists():  # what changed in the markdown, briefly
                 diff = difflib.unified_diff(args.output.read_text().splitlines(), built.read_text().splitlines(),
                                             str(args.output), "rebuilt", n=0, lineterm="")
-                print("\n".join(line[:300] for line in itertools.islice(diff, 40)), file=sys.stderr)
+                shown_diff = [line[:300] for line in itertools.islice(diff, 40)]
+                if shown_diff:
+                    print("\n".join(shown_diff), file=sys.stderr)
         if differ:
             print(f"curvebench leaderboard: {args.output} is not what {results} gives; differs: "
                   f"{', '.join(differ)}. Regenerate with `{command}`", file=sys.stderr)
