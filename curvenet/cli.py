@@ -1,21 +1,25 @@
 """``curvebench``: run suites, make splits, show status, build the leaderboard.
 
-    curvebench SUITE [hydra overrides] [--dry-run] [--device cpu|cuda] [--allow-cpu]
+    curvebench SUITE [hydra overrides] [--dry-run] [--show-config] [--device cpu|cuda] [--allow-cpu]
     curvebench SUITE --workers N [--gpus 0,1]          N worker processes on this machine
     curvebench SUITE hydra/launcher=submitit_slurm [hydra.launcher.*=...]   one cluster job per run
     curvebench splits SUITE [overrides] [--check] [--update-lock]
     curvebench status SUITE [overrides] [--runs]
-    curvebench leaderboard [RESULTS_DIR] [-o leaderboard/LEADERBOARD.md]
-    curvebench list
+    curvebench leaderboard [RESULTS_DIR] [-o FILE.md] [--check]   default output: leaderboard-out/
+    curvebench list [SUITE]                            suites (description, GPU), methods, models
     curvebench perf [--device cpu|cuda] [--methods ...] [--quick] [--epochs N] [--concurrent N ...]
+    curvebench --version
+
+Flags may come before, between or after the overrides (`curvebench digits --dry-run method=ce`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import Counter
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from curvenet.engine.method import ConfigError
 from curvenet.registry import UnknownNameError
@@ -33,9 +37,20 @@ def subcommand(name: str) -> Callable[[Callable[[list[str]], int]], Callable[[li
 
 def _suite_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("suite", help="suite name (see `curvebench list`)")
+    p.add_argument("suite", nargs="?", help="suite name (see `curvebench list`)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. method=ce seed=1 recipe.epochs=5")
     return p
+
+
+def _parse_suite_args(p: argparse.ArgumentParser, argv: list[str], usage: str) -> argparse.Namespace:
+    """Flags before, between and after the overrides; a missing suite says what the command can do."""
+    args = p.parse_intermixed_args(argv)
+    if args.suite is None:
+        from curvenet.suites import available_suites
+
+        raise ConfigError(f"name a suite: `{usage}` (e.g. `{usage.split(' SUITE')[0]} digits`); suites: "
+                          f"{', '.join(available_suites())} (`curvebench list` describes each)")
+    return args
 
 
 def _device_overrides(args: argparse.Namespace) -> list[str]:
@@ -46,6 +61,8 @@ def _device_overrides(args: argparse.Namespace) -> list[str]:
 def run_suite_command(argv: list[str]) -> int:
     p = _suite_parser("curvebench", "Run every run of a suite; finished runs are skipped, interrupted ones resume.")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state, train nothing")
+    p.add_argument("--show-config", action="store_true",
+                   help="print the resolved config of every planned run (YAML) and exit, train nothing")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     p.add_argument("--allow-cpu", action="store_true", help="run a GPU suite on the CPU anyway")
     p.add_argument("--retry-failed", action="store_true", help="re-run failed runs (earlier failure records are kept)")
@@ -54,7 +71,7 @@ def run_suite_command(argv: list[str]) -> int:
                    help="train N runs at a time in N worker processes (default 1, in this process)")
     p.add_argument("--gpus", metavar="LIST", help="GPUs for the workers, e.g. 0,1 (round-robin via CUDA_VISIBLE_DEVICES)")
     p.add_argument("--worker-name", help=argparse.SUPPRESS)  # set by --workers for its children
-    args = p.parse_args(argv)
+    args = _parse_suite_args(p, argv, "curvebench SUITE [overrides] [--dry-run] [--show-config]")
     from curvenet import workers
     from curvenet.launch import split_overrides, wants_launcher
     from curvenet.run import select_device
@@ -62,8 +79,8 @@ def run_suite_command(argv: list[str]) -> int:
 
     extra = _device_overrides(args) + (["train.allow_cpu=true"] if args.allow_cpu else [])
     if wants_launcher(args.overrides):
-        if args.dry_run or args.workers != 1 or args.gpus:
-            raise ConfigError("hydra/launcher=... runs one launcher job per run: leave out --dry-run, --workers "
+        if args.dry_run or args.show_config or args.workers != 1 or args.gpus:
+            raise ConfigError("hydra/launcher=... runs one launcher job per run: leave out --dry-run, --show-config, --workers "
                               "and --gpus (ask the launcher for GPUs, e.g. hydra.launcher.gpus_per_node=1)")
         from curvenet.preflight import preflight
 
@@ -85,6 +102,15 @@ def run_suite_command(argv: list[str]) -> int:
 
     runs = plan_suite(args.suite, list(args.overrides) + _device_overrides(args))
     first = runs[0].cfg
+    if args.show_config:
+        _show_config(runs)
+        return 0
+    if gpus:
+        import torch
+
+        if not torch.cuda.is_available():  # checked once here, not once per worker
+            raise ConfigError(f"--gpus {args.gpus}: this machine has no usable CUDA device; leave out --gpus "
+                              "(--workers N trains on the CPU) or run on a GPU machine")
     device = select_device(str(first.train.device)) if not gpus else None
     if args.dry_run:
         from tabulate import tabulate
@@ -105,9 +131,57 @@ def run_suite_command(argv: list[str]) -> int:
 
         preflight(runs)
     workers.sigterm_as_interrupt()
+    done_before = {i for i, r in enumerate(runs) if (r.run_dir / "result.json").exists()}
     if args.workers > 1 or gpus:  # a worker process sees only its GPU (CUDA_VISIBLE_DEVICES)
-        return _run_workers(args, runs, gpus)
-    return _run_here(args, runs)
+        code = _run_workers(args, runs, gpus)
+    else:
+        code = _run_here(args, runs)
+    if args.worker_name is None:
+        _print_trained(runs, done_before)
+    return code
+
+
+def _show_config(runs: list) -> None:
+    """Every planned run's resolved config as one YAML document each."""
+    from omegaconf import OmegaConf
+
+    for i, r in enumerate(runs):
+        print(f"--- # run {i + 1}/{len(runs)}: {r.label} (config hash {r.config_hash[:12]}, {r.run_dir})")
+        print(OmegaConf.to_yaml(r.cfg, resolve=True), end="")
+
+
+def _print_trained(runs: list, done_before: set[int]) -> None:
+    """A small table of the runs this invocation finished: method, cell, seed, last and best accuracy."""
+    from tabulate import tabulate
+
+    from curvenet.engine.records import RESULT_FILE, RecordError, read_record
+    from curvenet.suites import _fmt
+    from curvenet.workers import _short_keys, cell_of
+
+    new = [r for i, r in enumerate(runs) if i not in done_before and (r.run_dir / RESULT_FILE).exists()]
+    if not new:
+        return
+    short = _short_keys(list(dict.fromkeys(k for r in new for k, _ in cell_of(r.grid))))
+    rows = []
+    for r in new:
+        try:
+            metrics = read_record(r.run_dir / RESULT_FILE).get("metrics") or {}
+        except RecordError:
+            metrics = {}
+        cell = " ".join(f"{short[k]}={_fmt(v)}" for k, v in cell_of(r.grid)) or "(all)"
+        rows.append((r.config["method"]["name"], cell, r.config["seed"], metrics.get("top1_last"),
+                     metrics.get("top1_best")))
+    print(f"trained now ({len(rows)} runs; top-1 test accuracy, %):")
+    print(tabulate(rows, headers=["method", "cell", "seed", "last", "best"], floatfmt=".2f"))
+
+
+def _progress_label(plan: Any) -> str:
+    """The run's grid point with short keys, seed included (never cut)."""
+    from curvenet.suites import _fmt
+    from curvenet.workers import _short_keys
+
+    short = _short_keys(list(plan.grid))
+    return " ".join(f"{short[k]}={_fmt(v)}" for k, v in plan.grid.items())
 
 
 def _run_here(args: argparse.Namespace, runs: list) -> int:
@@ -117,7 +191,9 @@ def _run_here(args: argparse.Namespace, runs: list) -> int:
     from curvenet import workers
     from curvenet.engine.records import run_record_state
 
-    progress = not args.no_progress and bool(runs[0].cfg.train.progress) and args.worker_name is None
+    # bars only on a terminal: into a pipe or a file, one line per run (no \r frames)
+    progress = (not args.no_progress and bool(runs[0].cfg.train.progress) and args.worker_name is None
+                and sys.stderr.isatty())
     tag = f"[{args.worker_name}] " if args.worker_name else ""
     bar = tqdm(total=len(runs), desc=f"suite {args.suite}", unit="run", disable=not progress, position=0)
     bar.update(sum(state == "done" or (state == "failed" and not args.retry_failed)
@@ -125,7 +201,7 @@ def _run_here(args: argparse.Namespace, runs: list) -> int:
 
     def report(event: "workers.Event") -> None:
         if event.kind == "start":
-            bar.set_postfix_str(event.plan.label[:60])
+            bar.set_postfix_str(_progress_label(event.plan))
         elif event.kind == "end":
             bar.update(1)
             if not progress:
@@ -162,7 +238,12 @@ def _run_workers(args: argparse.Namespace, runs: list, gpus: list[str]) -> int:
     child += ["--device", args.device] if args.device else []
     where = f" on GPUs {','.join(gpus)}" if gpus else ""
     print(f"suite {args.suite}: {len(runs)} runs, {args.workers} workers{where}", flush=True)
-    codes = workers.wait_workers(workers.spawn_workers(args.workers, child, gpus))
+
+    def on_exit(i: int, code: int) -> None:  # at once: a killed worker's claim still names its run
+        if code:
+            print(workers.describe_worker_exit(i, code, runs), file=sys.stderr, flush=True)
+
+    codes = workers.wait_workers(workers.spawn_workers(args.workers, child, gpus), on_exit=on_exit)
     states = Counter(workers.live_status(r.run_dir) for r in runs)
     print(f"suite {args.suite}: " + ", ".join(f"{n} {k}" for k, n in sorted(states.items()))
           + f"; results under {runs[0].config['paths']['results']}")
@@ -190,7 +271,7 @@ def _launch(args: argparse.Namespace, extra: list[str]) -> int:
 def status_command(argv: list[str]) -> int:
     p = _suite_parser("curvebench status", "Done, running, failed, interrupted and missing runs of a suite, per cell.")
     p.add_argument("--runs", action="store_true", help="list every run (state, worker, directory) as well")
-    args = p.parse_args(argv)
+    args = _parse_suite_args(p, argv, "curvebench status SUITE [overrides] [--runs]")
     from tabulate import tabulate
 
     from curvenet import workers
@@ -219,7 +300,7 @@ def splits_command(argv: list[str]) -> int:
     p = _suite_parser("curvebench splits", "Create every split a suite needs and print counts, rates and hashes.")
     p.add_argument("--check", action="store_true", help="fail when a split differs from the committed lock file")
     p.add_argument("--update-lock", action="store_true", help="write the splits' hashes into the lock file")
-    args = p.parse_args(argv)
+    args = _parse_suite_args(p, argv, "curvebench splits SUITE [overrides] [--check] [--update-lock]")
     from pathlib import Path
 
     from curvenet.config import CONF_DIR
@@ -255,23 +336,75 @@ def perf_command(argv: list[str]) -> int:
 
 @subcommand("list")
 def list_command(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="curvebench list",
+                                description="Suites (what each runs, whether it needs a GPU), methods and models; "
+                                            "with SUITE, that suite's grid.")
+    p.add_argument("suite", nargs="?", help="show this suite's grid, tables and run count")
+    args = p.parse_args(argv)
+    from tabulate import tabulate
+
     from curvenet.engine.method import METHODS
     from curvenet.methods import load_all_methods
     from curvenet.models import MODELS
-    from curvenet.suites import available_suites
+    from curvenet.suites import available_suites, load_suite
 
     load_all_methods()
-    print("suites: ", " ".join(available_suites()))
+    if args.suite is not None:
+        return _describe_suite(args.suite)
+    rows = []
+    for name in available_suites():
+        suite = load_suite(name)
+        rows.append((name, "yes" if suite.requires_gpu else "no", suite.description))
+    print(tabulate(rows, headers=["suite", "GPU", "description"]))
+    print()
     print("methods:", " ".join(METHODS.names()))
     print("models: ", " ".join(MODELS.names()))
+    print("\n`curvebench list SUITE`: its grid; `curvebench SUITE --dry-run`: its runs and their state; "
+          "`curvebench status SUITE`: progress per cell")
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _describe_suite(name: str) -> int:
+    from omegaconf import OmegaConf
+
+    from curvenet.suites import load_suite, plan_suite
+
+    suite = load_suite(name)
+    runs = plan_suite(name)
+    print(f"suite {name}: {suite.description}")
+    print(f"needs a GPU: {'yes (--allow-cpu runs it on a CPU anyway)' if suite.requires_gpu else 'no'}")
+    print(f"tables: {', '.join(suite.tables) or '-'}; {len(runs)} runs")
+    for i, block in enumerate(OmegaConf.to_container(suite.grid, resolve=True)):  # type: ignore[arg-type]
+        print(f"grid block {i + 1}: " + " x ".join(f"{k} {v}" for k, v in block.items()))
+    print(f"narrow it with overrides of grid keys, e.g. `curvebench {name} method=ce seed=1 --dry-run`")
+    return 0
+
+
+def _version() -> str:
+    from curvenet import __version__
+    from curvenet.engine.records import git_state
+
+    sha, dirty = git_state()
+    where = "" if sha == "unknown" else f" (git {sha[:12]}{', dirty tree' if dirty else ''})"
+    return f"curvebench {__version__}{where}"
+
+
+def _silence_stdout() -> None:
+    """The reader of stdout went away (`curvebench --help | head -3`): drop what is left, quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (e.g. captured in tests)
+        pass
+
+
+def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(_version())
+        return 0
     try:
         fn = SUBCOMMANDS.get(argv[0])
         return fn(argv[1:]) if fn else run_suite_command(argv)
@@ -282,6 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("curvebench: interrupted; finished runs are kept, run the same command again to resume",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise
     except Exception as err:  # DataError, RecordError: clear messages, no traceback
         from curvenet.data import DataError
         from curvenet.engine.records import RecordError
@@ -290,6 +425,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"curvebench: error: {err}", file=sys.stderr)
             return 2
         raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        try:
+            code = _dispatch(argv)
+        finally:  # argparse's --help exits through SystemExit: flush here, where a closed pipe is caught
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -28,12 +28,26 @@ def _friendly(err: Exception, overrides: Sequence[str]) -> ConfigError:
     if m:
         group, name = m.group(1).split("/")[-1], m.group(2)
         kind = "suite" if group == "experiment" else group
+        if group == "method" and _registered_method(name):
+            return ConfigError(f"method {name!r} is registered but has no config: add "
+                               f"curvenet/conf/method/{name}.yaml (see README, Adding a method)")
         return ConfigError(f"unknown {kind} {name!r}; available: {', '.join(group_options(group))}")
     m = re.search(r"Key '([^']+)' is not in struct", text) or re.search(r"Could not override '([^']+)'", text)
-    if m:
-        return ConfigError(f"unknown config key {m.group(1)!r} in overrides {list(overrides)}; "
-                           "check the spelling (see `curvebench SUITE --dry-run --show-config`)")
+    if m:  # name only the override that holds the key, and a command that prints every key
+        key = m.group(1)
+        given = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") == key]
+        suite = next((o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")), "SUITE")
+        return ConfigError(f"unknown config key {key!r}" + (f" in {given[0]}" if given else "")
+                           + f"; check the spelling (`curvebench {suite} --show-config` prints every key)")
     return ConfigError(f"invalid overrides {list(overrides)}: {text.splitlines()[0] if text else err!r}")
+
+
+def _registered_method(name: str) -> bool:
+    from curvenet.engine.method import METHODS
+    from curvenet.methods import load_all_methods
+
+    load_all_methods()
+    return name in METHODS
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
@@ -101,6 +115,9 @@ def validate_config(cfg: DictConfig) -> None:
              f"train.num_threads must be null or a positive integer, got {t.num_threads!r}")
     _require(_is_int(t.eval_batch_size) and t.eval_batch_size >= 1,
              f"train.eval_batch_size must be a positive integer, got {t.eval_batch_size!r}")
+    _require(cfg.method.name in METHODS or cfg.method.name not in group_options("method"),
+             f"method {cfg.method.name!r} has curvenet/conf/method/{cfg.method.name}.yaml but no registered class: "
+             "add its module to METHOD_MODULES in curvenet/methods.py")
     _require(cfg.method.name in METHODS, f"unknown method {cfg.method.name!r}; available: {', '.join(METHODS.names())}")
     _require(cfg.model.name in MODELS, f"unknown model {cfg.model.name!r}; available: {', '.join(MODELS.names())}")
     _require(isinstance(cfg.seed, int), f"seed must be an integer, got {cfg.seed!r}")

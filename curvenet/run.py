@@ -46,10 +46,12 @@ HISTORY_FILE = "history.json"
 
 
 def select_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; a CUDA device on a machine without one is a ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name} but CUDA is not available; use train.device=cpu or auto")
+        raise ConfigError(f"device {name} requested but this machine has no usable CUDA device; "
+                          "use --device cpu (or leave --device out: CUDA when available, else the CPU)")
     return torch.device(name)
 
 

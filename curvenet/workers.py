@@ -405,10 +405,24 @@ def spawn_workers(n: int, child_args: Sequence[str], gpus: Sequence[str]) -> lis
     return procs
 
 
-def wait_workers(procs: Sequence[subprocess.Popen[bytes]], grace: float = 30.0) -> list[int]:
-    """Wait for the workers; on Ctrl-C/SIGTERM pass it on, so each releases its claim and stops."""
+def wait_workers(procs: Sequence[subprocess.Popen[bytes]], grace: float = 30.0,
+                 on_exit: Callable[[int, int], None] | None = None, poll: float = 0.5) -> list[int]:
+    """Wait for the workers; on Ctrl-C/SIGTERM pass it on, so each releases its claim and stops.
+
+    ``on_exit(i, code)`` is called as soon as worker ``i`` ends, while a killed worker's claim still
+    names its run (another worker may reclaim it soon after).
+    """
+    codes: list[int | None] = [None] * len(procs)
     try:
-        return [p.wait() for p in procs]
+        while any(c is None for c in codes):
+            for i, p in enumerate(procs):
+                if codes[i] is None and p.poll() is not None:
+                    codes[i] = p.returncode
+                    if on_exit is not None:
+                        on_exit(i, p.returncode)
+            if any(c is None for c in codes):
+                time.sleep(poll)
+        return [int(c) for c in codes]  # type: ignore[arg-type]
     except KeyboardInterrupt:
         for p in procs:
             if p.poll() is None:
@@ -420,6 +434,30 @@ def wait_workers(procs: Sequence[subprocess.Popen[bytes]], grace: float = 30.0) 
             except subprocess.TimeoutExpired:
                 p.kill()
         raise
+
+
+def describe_worker_exit(index: int, code: int, runs: Sequence[Any]) -> str:
+    """How worker ``w{index+1}`` (the index-th process of ``spawn_workers``) ended, and the run it held.
+
+    A killed worker leaves its claim behind, which names the run (the next invocation, or another
+    worker, reclaims and resumes it).
+    """
+    name = f"w{index + 1}"
+    if code < 0:
+        try:
+            how = f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"was killed by signal {-code}"
+        if -code == signal.SIGKILL:
+            how += " (out of memory, or killed by hand)"
+    else:  # 1: runs that failed (failed.json) or an error; 2: an error it printed
+        how = f"exited with status {code}" + (" (failed runs, or an error it printed above)" if code == 1 else
+                                              " (an error it printed above)" if code == 2 else "")
+    held = [plan for plan, info in iter_claims(runs)
+            if info.data is not None and not info.alive and info.data.get("worker") == name]
+    what = "; it was training " + ", ".join(f"{p.label} ({p.run_dir})" for p in held) if held else ""
+    resume = "; run the same command again to resume" if code < 0 or held else ""
+    return f"worker {name} {how}{what}{resume}"
 
 
 # -- status per cell ----------------------------------------------------------------------------

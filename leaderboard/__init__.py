@@ -1,6 +1,6 @@
 """The curvebench leaderboard: run records -> LEADERBOARD.md, runs.csv, cells.csv and figures.
 
-    curvebench leaderboard [RESULTS_DIR] [-o leaderboard/LEADERBOARD.md]
+    curvebench leaderboard [RESULTS_DIR] [-o FILE.md] [--check]   (default output: leaderboard-out/)
 
 Modules: ``load`` (records -> DataFrame; bad files reported and skipped), ``spec`` (the table
 definitions in ``tables.yaml`` and the paper's numbers in ``paper_numbers.yaml``), ``aggregate``

@@ -33,7 +33,7 @@ CELLS_CSV = "cells.csv"
 @dataclass
 class ReportOptions:
     command: str = "curvebench leaderboard"  # the command that regenerates the file, shown in its header
-    generated: str | None = None  # date shown in the header; None: today (UTC)
+    generated: str | None = None  # date shown in the header; None: from the records (``records_stamp``)
     results_label: str | None = None  # how the results directory is named; None: the path given
     available_suites: set[str] | None = None  # suites defined in this checkout; None: do not say
     figures: bool = True
@@ -142,12 +142,31 @@ LEGEND = [
 ]
 
 
+def records_stamp(df: pd.DataFrame) -> str:
+    """When and from which code the records are: the latest ``finished`` time and the records' git shas.
+
+    A function of the records, never of the clock, so regenerating from the same records gives the same file.
+    """
+    times = []
+    for value in df["finished"].dropna():
+        try:
+            times.append(dt.datetime.fromisoformat(str(value)).astimezone(dt.timezone.utc))
+        except ValueError:
+            continue
+    if not times:
+        return "(no record has a finish time)"
+    shas = sorted({str(s)[:12] for s in df["git_sha"].dropna()})
+    code = (f"git {', '.join(shas[:3])}" + (f" and {len(shas) - 3} more" if len(shas) > 3 else "")
+            if shas else "unknown git sha")
+    return f"{max(times).strftime('%Y-%m-%d %H:%M UTC')} (latest record's finish time; records from {code})"
+
+
 def render_document(runs: Runs, tables: list[TableResult], specs: Specs, figures: Figures | None,
                     options: ReportOptions, results_label: str) -> str:
     ctx = RenderContext(runs, specs, options.available_suites)
     df = runs.frame
     n_done, n_failed = int((df["status"] == "done").sum()), int((df["status"] == "failed").sum())
-    generated = options.generated or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    generated = options.generated or records_stamp(df)
     parts = [
         "# curvebench leaderboard",
         "<!-- Generated file: do not edit. Change leaderboard/tables.yaml or leaderboard/paper_numbers.yaml "

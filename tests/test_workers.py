@@ -76,7 +76,12 @@ def test_two_processes_racing_for_the_same_runs_never_share_one(tmp_path):
         while time.time() < start:
             pass
         won = [i for i in range(40) if try_claim(f"{root}/run-{i}", worker=sys.argv[3]) is not None]
-        print(" ".join(map(str, won)))
+        print(" ".join(map(str, won)), flush=True)
+        # stay alive until the other process is done too: a dead owner's claims are fair game
+        open(f"{root}/done-{sys.argv[3]}", "w").close()
+        deadline = time.time() + 120
+        while time.time() < deadline and len([1 for w in "ab" if __import__("os").path.exists(f"{root}/done-{w}")]) < 2:
+            time.sleep(0.05)
     """
     start = str(time.time() + 2.0)  # both start together, after their imports
     procs = [_python(code, str(tmp_path), start, name) for name in ("a", "b")]
