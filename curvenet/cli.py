@@ -17,6 +17,7 @@ import sys
 from collections import Counter
 from typing import Callable, Sequence
 
+from curvenet.container import root_refusal
 from curvenet.engine.method import ConfigError
 from curvenet.registry import UnknownNameError
 
@@ -261,6 +262,10 @@ def list_command(argv: list[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    refusal = root_refusal()  # inside the container only (the image sets CURVEBENCH_CONTAINER=1)
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return 2
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
