@@ -167,17 +167,21 @@ def _numpy_globals() -> list[Any]:
     except ImportError:  # numpy 1.x
         from numpy.core import multiarray  # type: ignore[no-redef]
 
+    numeric = [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"]  # not object: no arbitrary contents
     return [multiarray._reconstruct, (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
-            multiarray.scalar, (multiarray.scalar, "numpy.core.multiarray.scalar"), np.ndarray, np.dtype]
+            multiarray.scalar, (multiarray.scalar, "numpy.core.multiarray.scalar"), np.ndarray, np.dtype, *numeric]
 
 
 def _refusal(err: Exception) -> str:
+    """The gist of torch's several-paragraph refusal, on one line."""
     text = str(err)
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if found:
+    if found := re.search(r"Unsupported global: GLOBAL (\S+)", text):
         return f"it would call {found.group(1)}"
-    found = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
-    return found.group(1).strip() if found else text.splitlines()[0] if text else type(err).__name__
+    if found := re.search(r"but got (<[^>]+>)", text):
+        return f"it holds a {found.group(1)}"
+    if found := re.search(r"WeightsUnpickler error:\s*([^\n]+)", text):
+        return found.group(1).strip()
+    return text.splitlines()[0].strip() if text.strip() else type(err).__name__
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
@@ -193,7 +197,7 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
             with torch.serialization.safe_globals(_numpy_globals()):
                 state = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err):
+        if re.search(r"Unsupported global|but got <", str(err)):  # objects that a safe load does not build
             raise UnusableCheckpoint("refused", f"a safe load refuses it ({_refusal(err)})") from None
         raise UnusableCheckpoint("damaged", f"damaged ({_refusal(err)})") from None
     except (PermissionError, IsADirectoryError):
