@@ -108,7 +108,7 @@ def test_both_checkpoints_damaged_restart_from_scratch_and_nothing_is_overwritte
     assert run_planned(plan) == "done"
     (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "checkpoint" in ln]
     assert str(ckpt) in line and "set aside as checkpoint.pt.damaged-2" in line
-    assert f"{PREVIOUS_FILE}: damaged" in line and f"set aside as {PREVIOUS_FILE}.damaged-1" in line
+    assert f"{PREVIOUS_FILE}: unreadable, damaged or truncated" in line and f"set aside as {PREVIOUS_FILE}.damaged-1" in line
     assert line.endswith("the run restarts from scratch")
     assert earlier.read_bytes() == b"set aside by an earlier resume"
     assert (plan.run_dir / "checkpoint.pt.damaged-2").read_bytes() == bad_ckpt

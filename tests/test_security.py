@@ -44,7 +44,7 @@ def test_numpy_values_round_trip_exactly_through_the_checkpoint_encoding():
     with pytest.raises(TypeError, match="object arrays"):
         encode({"bad": np.array([object()])})
     with pytest.raises(TypeError, match="cannot be checkpointed safely"):
-        encode({"bad": {1, 2}})
+        encode({"bad": object()})
 
 
 def _saved(data):
@@ -96,7 +96,7 @@ def test_every_methods_checkpoints_load_with_weights_only(workdirs, monkeypatch)
         written.append(copy)
 
     monkeypatch.setattr(loop, "save_checkpoint", keep)
-    for name in sorted(METHODS._items):
+    for name in sorted(METHODS.names()):
         start = len(written)
         (plan,) = plan_suite("digits", [f"method={name}", "seed=1", "split.imbalance_factor=10",
                                         "split.noise_rate=0.4", "recipe.epochs=3", "train.limit_batches=2",

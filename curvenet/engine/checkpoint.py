@@ -37,7 +37,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 PREVIOUS_FILE = "checkpoint.prev.pt"  # the checkpoint before the last one, kept until the next is complete
 _NDARRAY = "__ndarray__"
 _REQUIRED = ("phase", "epoch", "method", "rng", "history", "conf_last", "conf_best")
-_LEAVES = (torch.Tensor, str, bytes, int, float, bool, type(None), torch.dtype, torch.device)
+_LEAVES = (torch.Tensor, str, bytes, int, float, complex, bool, type(None), set, torch.dtype, torch.device)
 
 
 def previous_path(path: Path) -> Path:
@@ -199,14 +199,14 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     except pickle.UnpicklingError as err:
         if re.search(r"Unsupported global|but got <", str(err)):  # objects that a safe load does not build
             raise UnusableCheckpoint("refused", f"a safe load refuses it ({_refusal(err)})") from None
-        raise UnusableCheckpoint("damaged", f"damaged ({_refusal(err)})") from None
+        raise UnusableCheckpoint("damaged", f"unreadable, damaged or truncated ({_refusal(err)})") from None
     except (PermissionError, IsADirectoryError):
         raise
     except Exception as err:  # truncated or corrupted: torch's zip reader, EOFError, ...
         first = str(err).splitlines()[0].split(". ")[0] if str(err) else type(err).__name__
-        raise UnusableCheckpoint("damaged", f"damaged ({first})") from None
+        raise UnusableCheckpoint("damaged", f"unreadable, damaged or truncated ({first})") from None
     if not isinstance(state, dict) or any(k not in state for k in _REQUIRED):
-        raise UnusableCheckpoint("damaged", "damaged (not a curvebench checkpoint: keys missing)")
+        raise UnusableCheckpoint("damaged", "damaged: not a curvebench checkpoint (keys missing)")
     return decode(state)
 
 
