@@ -135,3 +135,44 @@ def test_damaged_checkpoint_through_the_cli_never_becomes_a_failed_run(workdirs,
     assert "Traceback" not in err and str(plan.run_dir / "checkpoint.pt") in err
     assert (plan.run_dir / "result.json").exists() and not (plan.run_dir / "failed.json").exists()
     assert cli("digits", *DIGITS_CE) == 0  # the next invocation: done, nothing to retry
+
+
+def test_curvenet_resumes_from_a_previous_checkpoint_of_its_probe(workdirs, tmp_path, monkeypatch, capsys):
+    """Killed inside the allocating stage's epoch 1 with checkpoint.pt (its epoch 0) damaged: the
+    previous checkpoint is the probe's last, and the run resumes from it to the same result."""
+    from curvenet.engine.loop import Trainer
+    from tests.test_curvenet import TINY_PROBE, TINY_RUN, _plan
+
+    overrides = [*TINY_PROBE, *TINY_RUN]
+    plan = _plan("curvenet", *overrides)
+    assert run_planned(plan) == "done"
+    reference = read_record(plan.run_dir / "result.json")
+    ref_model = torch.load(plan.run_dir / "model.pt")["model"]
+
+    monkeypatch.setenv("CURVEBENCH_SPLITS", str(tmp_path / "splits2"))  # so that this run probes too
+    monkeypatch.setenv("CURVEBENCH_RESULTS", str(tmp_path / "again"))
+    plan2 = _plan("curvenet", *overrides)
+    epoch = Trainer._epoch
+
+    def killed_in_allocate_epoch_1(self, phase, e):
+        out = epoch(self, phase, e)
+        if phase.name == "allocate" and e == 1:  # trained, not yet checkpointed
+            raise Interrupted("killed")
+        return out
+
+    monkeypatch.setattr(Trainer, "_epoch", killed_in_allocate_epoch_1)
+    with pytest.raises(Interrupted):
+        run_planned(plan2)
+    monkeypatch.setattr(Trainer, "_epoch", epoch)
+    ckpt = plan2.run_dir / "checkpoint.pt"
+    assert torch.load(plan2.run_dir / PREVIOUS_FILE, weights_only=True)["phase"] == "probe_cyclic"
+    _truncate(ckpt)
+    capsys.readouterr()
+
+    assert run_planned(plan2) == "done"
+    assert f"resuming from {PREVIOUS_FILE} (phase probe_cyclic, epoch 1)" in capsys.readouterr().err
+    resumed = read_record(plan2.run_dir / "result.json")
+    assert [p["loss_per_epoch"] for p in resumed["phases"]] == [p["loss_per_epoch"] for p in reference["phases"]]
+    assert resumed["metrics"]["top1_per_epoch"] == reference["metrics"]["top1_per_epoch"]
+    for key, value in ref_model.items():
+        assert torch.equal(value, torch.load(plan2.run_dir / "model.pt")["model"][key]), key
