@@ -32,8 +32,10 @@ ENV PYTHONUNBUFFERED=1 \
     CURVEBENCH_SPLITS=/splits \
     CURVEBENCH_RESULTS=/results \
     CUBLAS_WORKSPACE_CONFIG=:4096:8 \
-    MPLCONFIGDIR=/tmp/matplotlib
+    MPLCONFIGDIR=/tmp/matplotlib \
+    CURVEBENCH_CONTAINER=1
 WORKDIR /work
+# As UID 0, curvebench refuses to start here (CURVEBENCH_CONTAINER=1; opt in: CURVEBENCH_ALLOW_ROOT=1)
 ENTRYPOINT ["curvebench"]
 CMD ["--help"]
 

@@ -21,6 +21,7 @@ import sys
 from collections import Counter
 from typing import Any, Callable, Sequence
 
+from curvenet.container import root_refusal
 from curvenet.engine.method import ConfigError
 from curvenet.registry import UnknownNameError
 
@@ -429,6 +430,10 @@ def _dispatch(argv: list[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    refusal = root_refusal()  # inside the container only (the image sets CURVEBENCH_CONTAINER=1)
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return 2
     try:
         try:
             code = _dispatch(argv)

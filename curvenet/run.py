@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from curvenet.data import DataError, ImageFiles, Split, get_split, load_dataset, spec_from_config
 from curvenet.engine.augment import Normalize
+from curvenet.engine.checkpoint import remove_checkpoints
 from curvenet.engine.context import CleanLabels, TrainContext
 from curvenet.engine.data import ImageSet, MetaSampler, to_device_images
 from curvenet.engine.evaluate import per_class_accuracy, shot_accuracy, shot_groups
@@ -139,7 +140,7 @@ def run_planned(plan: PlannedRun, *, progress: bool = False, retry_failed: bool 
     atomic_write_text(run_dir / HISTORY_FILE, _json(outcome.history))
     record = build_record(plan, ctx, split, official, outcome, started)
     write_record(result_path, record)
-    (run_dir / "checkpoint.pt").unlink(missing_ok=True)  # the result replaces it
+    remove_checkpoints(run_dir)  # the result replaces them
     return "done"
 
 

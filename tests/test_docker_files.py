@@ -177,3 +177,54 @@ def test_hadolint_passes():
     proc = subprocess.run([_hadolint(), "--config", str(ROOT / ".hadolint.yaml"), str(ROOT / "Dockerfile")],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# -- the root check -----------------------------------------------------------------------------
+def test_image_marks_the_container_for_the_root_check():
+    from curvenet.container import CONTAINER_ENV
+
+    env = " ".join(a for k, a in final_stage() if k == "ENV")
+    assert f"{CONTAINER_ENV}=1" in env, "curvebench refuses root only where the image says it is the container"
+
+
+@pytest.mark.parametrize("uid, env, refused", [
+    (0, {"CURVEBENCH_CONTAINER": "1"}, True),  # docker compose run with UID=0, docker run --user 0
+    (0, {"CURVEBENCH_CONTAINER": "1", "CURVEBENCH_ALLOW_ROOT": "1"}, False),  # the explicit opt-in
+    (0, {"CURVEBENCH_CONTAINER": "1", "CURVEBENCH_ALLOW_ROOT": "0"}, True),
+    (1000, {"CURVEBENCH_CONTAINER": "1"}, False),
+    (0, {}, False),  # outside the container (a host shell, CI as root) nothing changes
+])
+def test_entrypoint_refuses_root_in_the_container(monkeypatch, capsys, uid, env, refused):
+    """The image's ENTRYPOINT is curvebench's console script, `curvenet.cli:main`: it checks first."""
+    import os
+
+    from curvenet.cli import main
+
+    for name in ("CURVEBENCH_CONTAINER", "CURVEBENCH_ALLOW_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(os, "geteuid", lambda: uid)
+    code = main(["--help"])  # the image's CMD
+    out, err = capsys.readouterr()
+    if refused:
+        assert code == 2 and not out
+        (line,) = err.splitlines()  # one line: how to pass UID/GID, and the opt-in
+        assert "root" in line and "export UID GID=$(id -g)" in line and "--user" in line
+        assert "CURVEBENCH_ALLOW_ROOT=1" in line
+    else:
+        assert code == 0 and "curvebench" in out and not err
+
+
+def test_root_refusal_in_a_real_process_as_uid_0():
+    """The console script itself, in a fresh process with the image's environment (as root only)."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("needs UID 0")
+    env = {**os.environ, "CURVEBENCH_CONTAINER": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("CURVEBENCH_ALLOW_ROOT", None)
+    code = "import sys; from curvenet.cli import main; sys.exit(main(['digits', 'method=ce']))"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and not proc.stdout
+    assert proc.stderr.startswith("curvebench: error: refusing to run as root") and proc.stderr.count("\n") == 1

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from curvenet.engine.checkpoint import CHECKPOINT_FILE, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from curvenet.engine.checkpoint import CHECKPOINT_FILE, resume_state, rng_state, save_checkpoint, set_rng_state
 from curvenet.engine.context import CleanLabels, TrainContext
 from curvenet.engine.evaluate import accuracy, confusion_matrix
 from curvenet.engine.fastpath import train_autocast
@@ -66,8 +66,9 @@ class Trainer:
         history: list[dict[str, Any]] = []
         conf_last = conf_best = None
         start_phase, start_epoch, resumed = 0, 0, False
-        if self.checkpoint and self.ckpt_path.exists():
-            state = load_checkpoint(self.ckpt_path, ctx.device)
+        # an unreadable or unsafe checkpoint is set aside (one line on stderr): the previous one, else a fresh start
+        state = resume_state(self.ckpt_path, ctx.device) if self.checkpoint else None
+        if state is not None:
             names = [p.name for p in phases]
             if state["phase"] not in names:
                 raise RuntimeError(f"{self.ckpt_path}: checkpoint phase {state['phase']!r} is not one of {names}; "

@@ -308,7 +308,8 @@ class CurveNetMethod(Method):
         self._ensure_curves()  # after a resume
         if self.probe_model is not None:  # resumed inside the allocating stage of a run that probed
             self._drop_probe()
-        if epoch >= 1:  # a checkpoint of the allocating stage exists: a resume no longer needs the probe phases
+        if epoch >= 2:  # checkpoint.pt and checkpoint.prev.pt are of the allocating stage: a resume (from
+            # either) no longer needs the probe phases
             self._marker.unlink(missing_ok=True)
         ctx.set_lr(self.optimizer, ctx.recipe_lr(epoch))
         self.timer.samples = self.timing_samples  # a resume replaces the dict (extra_state)
