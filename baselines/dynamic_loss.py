@@ -72,6 +72,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from curvenet.engine.data import Batch, ImageSet, MetaSampler
+from curvenet.engine.fastpath import no_tf32
 from curvenet.engine.method import ConfigError, Method, Phase, register_method
 from curvenet.engine.ops import one_hot
 from curvenet.engine.virtual import FunctionalModel, SGDRule, meta_backward, momentum_buffers
@@ -167,6 +168,7 @@ def hierarchical_sample(loss: torch.Tensor, labels: torch.Tensor, num_classes: i
     return torch.cat(chosen).sort().values
 
 
+@no_tf32()  # the meta pass stays fp32 (also the meta-net's forward)
 def dynamic_meta_loss(fm: FunctionalModel, params: dict[str, torch.Tensor], metanet: DynamicLossNet,
                       x_weak: torch.Tensor, y: torch.Tensor, rank: torch.Tensor,
                       sample_q: Callable[[torch.Tensor], torch.Tensor], meta_x: torch.Tensor, meta_y: torch.Tensor,

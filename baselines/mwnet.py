@@ -61,6 +61,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from curvenet.engine.data import Batch
+from curvenet.engine.fastpath import no_tf32
 from curvenet.engine.method import ConfigError, Method, Phase, register_method
 from curvenet.engine.virtual import FunctionalModel, SGDRule, meta_backward
 
@@ -90,6 +91,7 @@ def weighted_loss(weights: torch.Tensor, losses: torch.Tensor, normalize: bool) 
     return (weights / safe * losses).sum()
 
 
+@no_tf32()  # the meta pass stays fp32 (also V's forward)
 def mwnet_meta_loss(fm: FunctionalModel, params: dict[str, torch.Tensor], vnet: WeightNet, x: torch.Tensor,
                     y: torch.Tensor, meta_x: torch.Tensor, meta_y: torch.Tensor, lr: float, normalize: bool,
                     detach_input: bool) -> torch.Tensor:
