@@ -22,6 +22,7 @@ from baselines.dynamic_loss import (
     gumbel_hard,
     hierarchical_sample,
     hs_sizes,
+    init_head,
     soft_cross_entropy,
 )
 from baselines.mwnet import MetaWeightNetImbalance, MetaWeightNetNoise, WeightNet, mwnet_meta_loss, weighted_loss
@@ -348,6 +349,39 @@ def test_label_corrector_and_margin_generator_init():
     a = net.confidence(torch.tensor([0, 9]), torch.tensor([1, 4]))
     torch.testing.assert_close(a, torch.full((2,), 1 / (1 + math.exp(-3.98))))  # 0.98165
     torch.testing.assert_close(net.margin(), torch.ones(1, 5))
+
+
+def test_dynamic_loss_head_is_initialised_as_the_official_linear_head(tmp_path):
+    """linear_head.py: mmcls LinearClsHead, init_cfg Normal(layer='Linear', std=0.01): weight ~ N(0, 0.01^2),
+    bias 0. The rest of the backbone keeps its init; ``head_init_std: null`` keeps the backbone's head."""
+    from curvenet.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet32", 100)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    head = init_head(model, 0.01)
+    assert head is model.linear and head.weight.shape == (100, 64) and head.bias.shape == (100,)
+    assert torch.equal(head.bias, torch.zeros(100))
+    w = head.weight.detach().double()
+    assert abs(float(w.mean())) < 0.01 * 4 / math.sqrt(w.numel())  # 6400 draws: 4 standard errors
+    assert float(w.std()) == pytest.approx(0.01, rel=0.05)
+    assert float((w.abs() < 0.01).double().mean()) == pytest.approx(0.6827, abs=0.03)  # normal, not uniform
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]) == (not n.startswith("linear.")), n
+
+    method, ctx, _ = _method(DynamicLoss, tmp_path=tmp_path)
+    assert method.cfg.head_init_std == 0.01
+    lin = method.model.linear
+    assert lin.weight.shape == (len(COUNTS), method.model.feature_dim) and torch.equal(lin.bias, torch.zeros(3))
+    assert float(lin.weight.detach().abs().max()) < 0.06  # the default Linear init draws up to 1/sqrt(64) = 0.125
+    plain, ctx, _ = _method(DynamicLoss, "method.head_init_std=null", tmp_path=tmp_path)
+    torch.manual_seed(0)
+    reference = ctx.build_model()  # _ctx seeds 0 before setup, so setup builds this very network
+    for (n, p), q in zip(plain.model.named_parameters(), reference.parameters()):
+        assert torch.equal(p, q), n
+    assert int(torch.count_nonzero(plain.model.linear.bias)) > 0
+    with pytest.raises(ConfigError, match="head_init_std must be null"):
+        DynamicLoss.check_config(_cfg("dynamic_loss", "method.head_init_std=0"))
 
 
 def test_corrected_target_and_soft_cross_entropy_by_hand():
