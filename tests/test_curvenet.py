@@ -1,5 +1,5 @@
 """CurveNet: curves (Eq. 7-8), the network, the meta step (finite differences, SLMO), the freeze, the
-k = 0 pseudo-meta set, the probe cache (one probe per split, locking), DRW, timing, suites, bad input."""
+k = 0 pseudo-meta set, the probe cache (one probe per split and probe seed, locking), DRW, timing, suites, bad input."""
 
 from __future__ import annotations
 

@@ -21,14 +21,15 @@ also records the split hash and the observed labels it was made for, and is chec
 when read.
 
 Concurrency [DECISION]: a run that needs a missing file first claims ``<file>.lock`` (created with
-O_EXCL, naming the run directory). Other runs of the same split and probe seed wait for the file (``wait``), polling
-every ``poll_s`` seconds, while the prober refreshes the lock's mtime (at most every 30 s, from its
-training steps). A lock not refreshed for ``stale_after_s`` belongs to a dead run: a waiter removes
-it and probes itself. The file is published atomically and first-writer-wins (written to a temporary
-name, then hard-linked to its final name, which fails if it exists), so even two probes of the same
-split (``wait: false``, or a stale-lock takeover of a live but stalled run) leave one file that every
-run reads. A lock is also taken over at once when its holder is known to have stopped: a dead
-process on this host, or an earlier (failed or interrupted) run of this same process.
+O_EXCL, naming the run directory). Other runs of the same split and probe seed wait for the file
+(``wait``), polling every ``poll_s`` seconds, while the prober refreshes the lock's mtime (at most
+every 30 s, from its training steps). A lock not refreshed for ``stale_after_s`` belongs to a dead
+run: a waiter removes it and probes itself. The file is published atomically and first-writer-wins
+(written to a temporary name, then hard-linked to its final name, which fails if it exists), so even
+two probes of the same split (``wait: false``, or a stale-lock takeover of a live but stalled run)
+leave one file that every run reads. A lock is also taken over at once when its holder is known to
+have stopped: a dead process on this host, or an earlier (failed or interrupted) run of this same
+process.
 """
 
 from __future__ import annotations
