@@ -30,6 +30,12 @@ hierarchical sampling (HS) draws from the noisy training data every epoch.
 - After each meta epoch, one fine-tuning pass over the epoch's pseudo-meta set: training view,
   observed one-hot labels, logits + m (m without gradient).
 
+Classifier head (``head_init_std``, default 0.01): the official head is mmcls's ``LinearClsHead``
+(``linear_head.py``), initialised by its ``init_cfg`` Normal(layer='Linear', std=0.01), i.e. weight
+~ N(0, 0.01^2) (std 0.01) and bias 0 (mmcv's normal init default); the backbone's final Linear is
+re-initialised so after it is built (the rest of the backbone keeps the registry's init).
+``head_init_std: null`` keeps the backbone's own init (this benchmark's behaviour before issue 13).
+
 [DECISION] No clean meta set by default (methods.md §12 [DECISION] (a), what the official code does):
 ``needs_meta = uses_clean_meta = False``. ``union_clean_meta: true`` adds the split's clean meta set
 to every epoch's pseudo-meta set (option (b); then the method uses clean meta data).
@@ -72,6 +78,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from curvenet.engine.data import Batch, ImageSet, MetaSampler
+from curvenet.engine.fastpath import no_tf32
 from curvenet.engine.method import ConfigError, Method, Phase, register_method
 from curvenet.engine.ops import one_hot
 from curvenet.engine.virtual import FunctionalModel, SGDRule, meta_backward, momentum_buffers
@@ -167,6 +174,20 @@ def hierarchical_sample(loss: torch.Tensor, labels: torch.Tensor, num_classes: i
     return torch.cat(chosen).sort().values
 
 
+def init_head(model: nn.Module, std: float) -> nn.Linear:
+    """The official head init (mmcls ``LinearClsHead``): weight ~ N(0, std^2), bias 0, in place."""
+    head = getattr(model, model.classifier)
+    if not isinstance(head, nn.Linear):
+        raise ConfigError(f"method.head_init_std needs a Linear classifier, but {type(model).__name__}."
+                          f"{model.classifier} is a {type(head).__name__}; set method.head_init_std=null")
+    with torch.no_grad():
+        nn.init.normal_(head.weight, 0.0, std)
+        if head.bias is not None:
+            nn.init.zeros_(head.bias)
+    return head
+
+
+@no_tf32()  # the meta pass stays fp32 (also the meta-net's forward)
 def dynamic_meta_loss(fm: FunctionalModel, params: dict[str, torch.Tensor], metanet: DynamicLossNet,
                       x_weak: torch.Tensor, y: torch.Tensor, rank: torch.Tensor,
                       sample_q: Callable[[torch.Tensor], torch.Tensor], meta_x: torch.Tensor, meta_y: torch.Tensor,
@@ -188,7 +209,8 @@ class DynamicLoss(Method):
     label corrector (rank embedding, per-class sigmoid, final bias 3.98, Gumbel hard sample from the
     weak-view logits) and margin generator (final bias 1, logits + m), hierarchical sampling of a
     pseudo-meta set from the noisy training data every non-warm-up epoch, LC warm-up, fine-tuning on
-    the pseudo-meta set after each meta epoch. [DECISION] no clean meta set (the official code;
+    the pseudo-meta set after each meta epoch, the official head init N(0, 0.01^2) / bias 0.
+    [DECISION] no clean meta set (the official code;
     ``union_clean_meta`` adds it), harmonised recipe (not AutoAugment/Cutout, batch 512, 325 epochs,
     cosine). See the module docstring for every decision and deviation."""
 
@@ -217,6 +239,10 @@ class DynamicLoss(Method):
         if w is not None and not 0 <= int(w) <= int(cfg.recipe.epochs):
             raise ConfigError(f"method.warm_epochs must be null (= recipe.warmup_epochs) or in "
                               f"0..recipe.epochs={cfg.recipe.epochs}, got {w}")
+        std = m.get("head_init_std")
+        if std is not None and not float(std) > 0:
+            raise ConfigError(f"method.head_init_std must be null (the backbone's init) or > 0 (official: 0.01), "
+                              f"got {std}")
         if bool(m.union_clean_meta) and int(cfg.split.meta_per_class) == 0:
             raise ConfigError("method.union_clean_meta=true needs a clean meta set; set split.meta_per_class "
                               "to k > 0 or method.union_clean_meta=false")
@@ -229,6 +255,9 @@ class DynamicLoss(Method):
         super().setup()
         cfg, ctx = self.cfg, self.ctx
         dev = ctx.device
+        std = cfg.get("head_init_std")
+        if std is not None:
+            init_head(self.model, float(std))
         self.metanet = DynamicLossNet(ctx.num_classes, int(cfg.h_dim), int(cfg.rank_num), bool(cfg.use_lc),
                                       bool(cfg.use_mg), bool(cfg.lc_classwise), float(cfg.lc_bias),
                                       float(cfg.mg_bias)).to(dev)

@@ -15,15 +15,22 @@ Every iteration (the meta step runs every iteration, as in both official codes):
 
 ``mwnet_noise`` (MW-Net.py, the "stable version" for ResNet-32): V's input is the detached loss,
 L = mean_i w_i l_i (weights not normalised), V trained with Adam (lr 1e-3, wd 1e-4), meta batches
-from ``ctx.meta.next_batch`` (a cycled, reshuffled pass over the whole shared meta set, batch = the
-training batch size).
+from ``ctx.meta.next_batch`` (a reshuffled pass over the whole shared meta set, batch = the training
+batch size, cycled within an epoch when the epoch outlasts the pass). The pass restarts at every
+epoch (``meta_restart_each_epoch: true``), as MW-Net.py's ``train()`` creates a new iterator of the
+meta loader per epoch (``iter(train_meta_loader)``, re-created on ``StopIteration``): the first meta
+batch of each epoch is the first batch of a fresh permutation drawn from the meta generator (the
+engine checkpoints that generator and the sampler, so a resume at an epoch boundary is bit-identical).
+``meta_restart_each_epoch: false`` cycles across epochs (this benchmark's behaviour before issue 13).
 
 ``mwnet_imb`` (meta-weight-net-class-imbalance.py): weights normalised by their batch sum,
 L = sum_i w_i l_i / sum_j w_j (left unnormalised when the sum is 0, without a host sync), in both the
 virtual and the real loss; V's input in the virtual step keeps its graph to theta (``vnet(cost_v)``,
 not ``cost_v.data``), so the virtual gradient also flows through V's input; V trained with SGD
 (lr 1e-5, momentum 0.9, Nesterov, wd 5e-4); a fresh random meta batch every iteration
-(``random_batch``) from ``meta_per_class`` = 10 clean images per class.
+(``random_batch``) from ``meta_per_class`` = 10 clean images per class: the official
+``next(iter(train_meta_loader))`` per iteration (a new shuffled loader iterator each time), so there is
+no pass to restart and nothing changes at an epoch boundary.
 
 [DECISION] Recipe: the harmonised one (recipe/harmonised.yaml: ResNet-32, batch 128, 200 epochs,
 SGD 0.1 Nesterov, wd 5e-4, 5-epoch warm-up, x0.1 at 80 and 100) for both variants, as for every
@@ -61,6 +68,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from curvenet.engine.data import Batch
+from curvenet.engine.fastpath import no_tf32
 from curvenet.engine.method import ConfigError, Method, Phase, register_method
 from curvenet.engine.virtual import FunctionalModel, SGDRule, meta_backward
 
@@ -90,6 +98,7 @@ def weighted_loss(weights: torch.Tensor, losses: torch.Tensor, normalize: bool) 
     return (weights / safe * losses).sum()
 
 
+@no_tf32()  # the meta pass stays fp32 (also V's forward)
 def mwnet_meta_loss(fm: FunctionalModel, params: dict[str, torch.Tensor], vnet: WeightNet, x: torch.Tensor,
                     y: torch.Tensor, meta_x: torch.Tensor, meta_y: torch.Tensor, lr: float, normalize: bool,
                     detach_input: bool) -> torch.Tensor:
@@ -152,6 +161,8 @@ class _MetaWeightNet(Method):
 
     def on_epoch_start(self, phase: Phase, epoch: int) -> None:
         super().on_epoch_start(phase, epoch)
+        if not self.random_meta_batches and bool(self.cfg.get("meta_restart_each_epoch", False)):
+            self.meta_sampler.load_state_dict({"order": None, "pos": 0})  # MW-Net.py's iter() per epoch
         self.sample_weight.fill_(float("nan"))
         self.meta_loss_sum.zero_()
         self._steps = 0
@@ -206,8 +217,8 @@ class _MetaWeightNet(Method):
 class MetaWeightNetNoise(_MetaWeightNet):
     """MW-Net, noise variant (Shu et al., NeurIPS 2019; xjtushujun/meta-weight-net MW-Net.py "stable
     version"): unnormalised weights mean_i V(l_i) l_i, detached V-Net input, Adam (lr 1e-3, wd 1e-4) on
-    V, plain-SGD virtual step at the current lr, cycled meta batches of the training batch size from the
-    whole shared meta set. [DECISION] harmonised recipe (the official one is 120 epochs, batch 100, no
+    V, plain-SGD virtual step at the current lr, meta batches of the training batch size from the whole
+    shared meta set, in a shuffled pass restarted at every epoch (MW-Net.py's per-epoch ``iter()``). [DECISION] harmonised recipe (the official one is 120 epochs, batch 100, no
     Nesterov). See the module docstring for every decision and deviation."""
 
     normalize = False

@@ -1,5 +1,5 @@
 """CurveNet: curves (Eq. 7-8), the network, the meta step (finite differences, SLMO), the freeze, the
-k = 0 pseudo-meta set, the probe cache (one probe per split, locking), DRW, timing, suites, bad input."""
+k = 0 pseudo-meta set, the probe cache (one probe per split and probe seed, locking), DRW, timing, suites, bad input."""
 
 from __future__ import annotations
 
@@ -271,6 +271,62 @@ def test_curves_are_reused_one_probe_per_split(workdirs):
         assert {"mean_weight_clean", "mean_weight_noisy", "time_virtual_ms", "time_meta_forward_ms",
                 "time_meta_backward_ms", "time_real_ms"} <= set(diag)
     assert not list(workdirs["results"].rglob(".curvenet-probing"))
+
+
+def _seeded_plan(seed, *overrides):
+    cell = [f"seed={seed}", *CELL[1:]]
+    (plan,) = plan_suite("digits", ["method=curvenet", *cell, *TINY_PROBE, *overrides])
+    return plan
+
+
+def test_the_probe_follows_the_run_seed_unless_fixed(workdirs):
+    """probe.seed: null (default) -> the run's seed, in the cache key and the file name, and for the
+    probe network's init; an integer -> that seed for every run (one file shared by all seeds)."""
+    assert _plan("curvenet").cfg.method.probe.seed is None
+    files, inits = {}, {}
+    for seed, fixed in ((1, None), (2, None), (1, 7), (2, 7)):
+        plan = _seeded_plan(seed, *([] if fixed is None else [f"method.probe.seed={fixed}"]))
+        ctx, *_ = build_context(plan)
+        method = CurveNetMethod(ctx, plan.cfg.method)
+        method.setup()
+        assert method.probe_needed and method.probe_seed == (seed if fixed is None else fixed)
+        files[seed, fixed] = method.curves_file
+        inits[seed, fixed] = method.probe_model.linear.weight.detach().clone()
+        method._lock.release()
+    assert files[1, None] != files[2, None] and files[1, 7] == files[2, 7]
+    assert "-seed1-" in files[1, None].name and "-seed2-" in files[2, None].name and "-seed7-" in files[1, 7].name
+    assert len(set(files.values())) == 3 and all(f.parent == files[1, None].parent for f in files.values())
+    assert not torch.equal(inits[1, None], inits[2, None]) and torch.equal(inits[1, 7], inits[2, 7])
+    with pytest.raises(ConfigError, match="probe.seed must be an integer >= 0 or null"):
+        CurveNetMethod.check_config(_plan("curvenet", "method.probe.seed=-1").cfg)
+
+
+@pytest.mark.slow
+def test_two_seeds_train_two_probes_and_a_fixed_seed_shares_one(workdirs):
+    for seed in (1, 2):
+        assert cli("digits", "method=curvenet", f"seed={seed}", *CELL[1:], *TINY_PROBE, *TINY_RUN) == 0
+    files = sorted(workdirs["splits"].rglob("probe-*.npz"))
+    assert len(files) == 2 and [("-seed1-" in f.name, "-seed2-" in f.name) for f in files] == [(True, False),
+                                                                                              (False, True)]
+    a, b = (np.load(f)["losses"] for f in files)
+    assert a.shape == b.shape and not np.isnan(a).any() and not np.allclose(a, b)  # different loss curves
+    recs = {r["seed"]: r for r in records(workdirs["results"])}
+    for rec in recs.values():
+        assert [p["name"] for p in rec["phases"]] == ["probe", "probe_cyclic", "allocate"]  # each probed
+    arts = {d.name: np.load(d / "artifacts.npz")["curves"] for d in run_dirs(workdirs["results"])}
+    assert not np.array_equal(arts["seed-1"], arts["seed-2"])
+    # the flag: one probe, of seed 1, shared by both seeds; it is the default's seed-1 probe (same key)
+    for seed in (1, 2):
+        assert cli("digits", "method=curvenet", f"seed={seed}", *CELL[1:], *TINY_PROBE, *TINY_RUN,
+                   "method.probe.seed=1") == 0
+    assert sorted(workdirs["splits"].rglob("probe-*.npz")) == files  # no new probe
+    recs = [r for r in records(workdirs["results"]) if r["config"]["method"]["probe"]["seed"] == 1]
+    assert sorted(r["seed"] for r in recs) == [1, 2]
+    assert all([p["name"] for p in r["phases"]] == ["allocate"] for r in recs)  # both reused seed 1's probe
+    for d in run_dirs(workdirs["results"]):
+        if d.name == "seed-2" and json.loads((d / "result.json").read_text())["config"]["method"]["probe"]["seed"]:
+            np.testing.assert_array_equal(np.load(d / "artifacts.npz")["curves"], arts["seed-1"])
+    assert not list(workdirs["splits"].rglob("*.lock"))
 
 
 # -- the probe cache's locking ------------------------------------------------------------------

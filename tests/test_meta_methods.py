@@ -22,6 +22,7 @@ from baselines.dynamic_loss import (
     gumbel_hard,
     hierarchical_sample,
     hs_sizes,
+    init_head,
     soft_cross_entropy,
 )
 from baselines.mwnet import MetaWeightNetImbalance, MetaWeightNetNoise, WeightNet, mwnet_meta_loss, weighted_loss
@@ -227,6 +228,67 @@ def test_mwnet_imb_meta_set_is_k_per_class_and_batches_are_random(tmp_path):
         MetaWeightNetImbalance.check_config(_cfg("mwnet_imb", "method.meta_per_class=20"))
 
 
+def _first_meta_batches(method, ctx, epochs, steps):
+    """Run ``steps`` train steps in each of ``epochs``; return, per epoch, the meta generator's state at
+    the epoch's start (after on_epoch_start) and the positions of every meta batch drawn."""
+    drawn, original = [], method.meta_sampler.next_batch
+
+    def spy(batch_size, augment=True):
+        out = original(batch_size, augment)
+        drawn[-1][1].append(out.index.clone())
+        return out
+
+    method.meta_sampler.next_batch = spy
+    for epoch in epochs:
+        method.on_epoch_start(PHASE, epoch)
+        drawn.append((method.meta_sampler.meta.generator.get_state(), []))
+        for i in range(steps):
+            method.train_step(ctx.train.batch(torch.arange(i, 30, 3)), PHASE, epoch)
+    return drawn
+
+
+def test_mwnet_noise_meta_pass_restarts_every_epoch(tmp_path):
+    """MW-Net.py creates a new iterator of the meta loader at every epoch: the first meta batch of each
+    epoch is the first batch of a fresh permutation drawn from the meta generator (12 meta images,
+    batch 8: cycling across epochs would start epoch 1 with the 4 images left from epoch 0)."""
+    method, ctx, _ = _method(MetaWeightNetNoise, tmp_path=tmp_path)
+    assert method.cfg.meta_restart_each_epoch is True and len(method.meta_sampler) == 12
+    drawn = _first_meta_batches(method, ctx, epochs=(0, 1, 2), steps=2)
+    for state, batches in drawn:
+        fresh = torch.randperm(12, generator=torch.Generator().set_state(state))
+        assert torch.equal(batches[0], fresh[:8])  # the meta set's positions = the permutation
+        assert torch.equal(batches[1], fresh[8:])  # within an epoch the pass continues (last batch smaller)
+    # the flag off: one pass cycles across epochs, as before
+    method, ctx, _ = _method(MetaWeightNetNoise, "method.meta_restart_each_epoch=false", tmp_path=tmp_path)
+    (_, first), (_, second) = _first_meta_batches(method, ctx, epochs=(0, 1), steps=1)
+    assert first[0].shape == (8,) and second[0].shape == (4,)
+    assert set(torch.cat([first[0], second[0]]).tolist()) == set(range(12))
+
+
+def test_mwnet_imb_draws_a_fresh_random_meta_batch_every_iteration(tmp_path):
+    """The imbalance code's ``next(iter(loader))`` per iteration: each meta batch is the head of a new
+    permutation, in every epoch; nothing restarts at the epoch boundary (no key for it)."""
+    method, ctx, _ = _method(MetaWeightNetImbalance, "method.meta_per_class=4", tmp_path=tmp_path)
+    assert "meta_restart_each_epoch" not in method.cfg
+    states, batches = [], []
+    original = method.meta_sampler.random_batch
+
+    def spy(batch_size, augment=True):
+        states.append(method.meta_sampler.meta.generator.get_state())
+        out = original(batch_size, augment)
+        batches.append(out.index.clone())
+        return out
+
+    method.meta_sampler.random_batch = spy
+    for epoch in (0, 1):
+        method.on_epoch_start(PHASE, epoch)
+        for i in range(2):
+            method.train_step(ctx.train.batch(torch.arange(i, 30, 3)), PHASE, epoch)
+    assert len(batches) == 4
+    for state, got in zip(states, batches):
+        assert torch.equal(got, torch.randperm(12, generator=torch.Generator().set_state(state))[:8])
+
+
 def test_mwnet_diagnostics_mean_weight_clean_and_noisy(tmp_path):
     method, ctx, clean = _method(MetaWeightNetNoise, tmp_path=tmp_path)
     method.sample_weight.fill_(float("nan"))
@@ -287,6 +349,39 @@ def test_label_corrector_and_margin_generator_init():
     a = net.confidence(torch.tensor([0, 9]), torch.tensor([1, 4]))
     torch.testing.assert_close(a, torch.full((2,), 1 / (1 + math.exp(-3.98))))  # 0.98165
     torch.testing.assert_close(net.margin(), torch.ones(1, 5))
+
+
+def test_dynamic_loss_head_is_initialised_as_the_official_linear_head(tmp_path):
+    """linear_head.py: mmcls LinearClsHead, init_cfg Normal(layer='Linear', std=0.01): weight ~ N(0, 0.01^2),
+    bias 0. The rest of the backbone keeps its init; ``head_init_std: null`` keeps the backbone's head."""
+    from curvenet.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet32", 100)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    head = init_head(model, 0.01)
+    assert head is model.linear and head.weight.shape == (100, 64) and head.bias.shape == (100,)
+    assert torch.equal(head.bias, torch.zeros(100))
+    w = head.weight.detach().double()
+    assert abs(float(w.mean())) < 0.01 * 4 / math.sqrt(w.numel())  # 6400 draws: 4 standard errors
+    assert float(w.std()) == pytest.approx(0.01, rel=0.05)
+    assert float((w.abs() < 0.01).double().mean()) == pytest.approx(0.6827, abs=0.03)  # normal, not uniform
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]) == (not n.startswith("linear.")), n
+
+    method, ctx, _ = _method(DynamicLoss, tmp_path=tmp_path)
+    assert method.cfg.head_init_std == 0.01
+    lin = method.model.linear
+    assert lin.weight.shape == (len(COUNTS), method.model.feature_dim) and torch.equal(lin.bias, torch.zeros(3))
+    assert float(lin.weight.detach().abs().max()) < 0.06  # the default Linear init draws up to 1/sqrt(64) = 0.125
+    plain, ctx, _ = _method(DynamicLoss, "method.head_init_std=null", tmp_path=tmp_path)
+    torch.manual_seed(0)
+    reference = ctx.build_model()  # _ctx seeds 0 before setup, so setup builds this very network
+    for (n, p), q in zip(plain.model.named_parameters(), reference.parameters()):
+        assert torch.equal(p, q), n
+    assert int(torch.count_nonzero(plain.model.linear.bias)) > 0
+    with pytest.raises(ConfigError, match="head_init_std must be null"):
+        DynamicLoss.check_config(_cfg("dynamic_loss", "method.head_init_std=0"))
 
 
 def test_corrected_target_and_soft_cross_entropy_by_hand():

@@ -13,7 +13,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from baselines.ce import CrossEntropy
 from curvenet.config import compose_config
-from curvenet.engine.fastpath import apply_backend_flags, eager_fp32, is_compiled, prepare_model, train_autocast
+from curvenet.engine.fastpath import (
+    apply_backend_flags,
+    eager_fp32,
+    is_compiled,
+    no_tf32,
+    prepare_model,
+    train_autocast,
+)
 from curvenet.engine.method import ConfigError
 from curvenet.engine.virtual import FunctionalModel, SGDRule, meta_backward
 from curvenet.perf.bench import GenericMetaCase, MethodCase
@@ -177,3 +184,107 @@ def test_bf16_flag_reaches_the_training_loop(workdirs, monkeypatch):
     seen.clear()
     assert cli("digits", *DIGITS, "split.imbalance_factor=1", "split.noise_rate=0.0") == 0
     assert seen and not any(seen)
+
+
+# -- TF32 off in the meta passes (issue 13) ------------------------------------------------------
+def _tf32() -> tuple[bool, bool]:
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+class _Seen(torch.autograd.Function):
+    """Identity that records the TF32 flags in its forward and in its (differentiable) backward."""
+
+    @staticmethod
+    def forward(ctx, x, log):
+        ctx.log = log
+        log.append(("forward", _tf32()))
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        ctx.log.append(("backward", _tf32()))
+        return _Seen.apply(g, ctx.log), None
+
+
+class _SeenTiny(Tiny):
+    def __init__(self, log: list) -> None:
+        super().__init__()
+        self.log = log
+
+    def forward(self, x):
+        return self.linear(self.stage1(_Seen.apply(self.stem(x), self.log)).mean((2, 3)))
+
+
+def test_no_tf32_switches_the_flags_off_and_restores_them(restore_backend_flags):
+    for flags in ((True, True), (True, False), (False, True)):
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+        with no_tf32():
+            assert _tf32() == (False, False)
+            with no_tf32():  # nested
+                assert _tf32() == (False, False)
+            assert _tf32() == (False, False)
+        assert _tf32() == flags
+        with pytest.raises(RuntimeError, match="boom"), no_tf32():
+            assert _tf32() == (False, False)
+            raise RuntimeError("boom")
+        assert _tf32() == flags  # restored after an exception
+
+
+def test_meta_passes_run_without_tf32_and_restore_it(restore_backend_flags):
+    """Every functional forward and backward of a virtual step + meta backward sees TF32 off, while
+    the real step keeps ``train.tf32``; an exception inside a meta pass restores the flags."""
+    torch.manual_seed(0)
+    log: list = []
+    model, wnet = _SeenTiny(log), nn.Linear(1, 1)
+    x, y = torch.randn(4, 3, 5, 5), torch.tensor([0, 1, 2, 0])
+    apply_backend_flags({"tf32": True}, torch.device("cpu"))
+    assert _tf32() == (True, True)
+    fm = FunctionalModel(model)
+    params = fm.params()
+    losses = F.cross_entropy(fm(x, params), y, reduction="none")
+    w = torch.sigmoid(wnet(losses.detach()[:, None])).squeeze(1)
+    new = fm.virtual_step((w * losses).mean(), params, SGDRule(0.1, momentum=0.9))
+    meta = F.cross_entropy(fm(x, new), y)
+    meta_backward(meta, wnet.parameters())
+    kinds = [k for k, _ in log]
+    assert kinds.count("forward") >= 2 and kinds.count("backward") >= 3  # 2nd-order pass included
+    assert all(flags == (False, False) for _, flags in log), log
+    assert wnet.weight.grad is not None and _tf32() == (True, True)
+    log.clear()
+    model(x).sum().backward()  # the real step: TF32 as configured
+    assert log and all(flags == (True, True) for _, flags in log)
+    with pytest.raises(RuntimeError):
+        fm(torch.randn(2, 7), fm.params())  # fails inside the meta pass
+    assert _tf32() == (True, True)
+
+
+def test_each_methods_meta_pass_runs_without_tf32(restore_backend_flags):
+    """MW-Net, CurveNet and Dynamic Loss: their weighting network's forward (outside the functional
+    model) is inside the TF32-off region too."""
+    from baselines.dynamic_loss import DynamicLossNet, dynamic_meta_loss
+    from baselines.mwnet import WeightNet, mwnet_meta_loss
+    from curvenet.method.meta_step import meta_loss, virtual_params
+
+    torch.manual_seed(0)
+    seen: list = []
+
+    def spy(module: nn.Module) -> None:
+        module.register_forward_pre_hook(lambda *_: seen.append(_tf32()))
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    x, y = torch.randn(4, 3, 5, 5), torch.tensor([0, 1, 2, 0])
+    fm = FunctionalModel(Tiny())
+    vnet = WeightNet(3)
+    spy(vnet)
+    mwnet_meta_loss(fm, fm.params(), vnet, x, y, x, y, 0.1, normalize=False, detach_input=True)
+    cnet = nn.Linear(2, 1)
+    spy(cnet)
+    new = virtual_params(fm, lambda: torch.sigmoid(cnet(torch.ones(4, 2))).squeeze(1), x, y, SGDRule(0.1), None)
+    meta_loss(fm, new, x, y)
+    dnet = DynamicLossNet(3, h_dim=4, rank_num=5)
+    spy(dnet.lc)
+    spy(dnet.mg)
+    dynamic_meta_loss(fm, fm.params(), dnet, x, y, torch.tensor([0, 1, 4, 2]), lambda z: z.softmax(1), x, y,
+                      SGDRule(0.1))
+    assert len(seen) == 4 and all(flags == (False, False) for flags in seen), seen
+    assert _tf32() == (True, True)

@@ -92,8 +92,9 @@ class ImageSet:
 
 
 class MetaSampler:
-    """Clean meta batches, cycling over shuffled passes of the meta set (CurveNet / MW-Net), or a
-    fresh random batch each call (MW-Net imbalance variant).
+    """Clean meta batches, cycling over shuffled passes of the meta set (CurveNet / MW-Net noise, which
+    restart the pass at every epoch with ``load_state_dict({"order": None, "pos": 0})``), or a fresh
+    random batch each call (MW-Net imbalance variant).
 
     ``subset`` restricts it to some positions of ``meta``: a class-balanced part of the meta set
     (``per_class``), or training samples chosen as a pseudo-meta set (their observed labels).

@@ -14,7 +14,9 @@ CUDA-graph replay cannot be trusted with (AOTAutograd has refused double backwar
 depending on the version: research/performance.md §2.2; a replayed graph would ignore substituted
 parameters). ``FunctionalModel`` therefore runs those passes eagerly and in fp32
 (:func:`eager_fp32`), while the method's real step keeps the compiled model: a meta method with
-``train.compile=true`` falls back to eager for its meta step instead of failing.
+``train.compile=true`` falls back to eager for its meta step instead of failing. "fp32" includes
+TF32: :func:`no_tf32` turns TF32 matmuls and convolutions off for the functional forwards, the
+virtual step's gradient and the meta backward (``train.tf32`` applies to the real steps only).
 """
 
 from __future__ import annotations
@@ -95,13 +97,30 @@ def _autocast_enabled(device_type: str) -> bool:
 
 
 @contextlib.contextmanager
+def no_tf32() -> Iterator[None]:
+    """TF32 off for matmuls and cuDNN convolutions inside the block; the previous flags are restored on
+    exit, also after an exception. Only the two flags that :func:`apply_backend_flags` sets are used
+    (torch refuses to read the precision back once its legacy and new APIs are mixed). The flags are
+    process-wide, so this affects every thread while it is entered."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@contextlib.contextmanager
 def eager_fp32(model: nn.Module, device_type: str) -> Iterator[None]:
-    """Run ``model`` eagerly (ignoring its torch.compile / CUDA-graph wrapper) and without autocast.
+    """Run ``model`` eagerly (ignoring its torch.compile / CUDA-graph wrapper), without autocast and
+    without TF32 (:func:`no_tf32`).
 
     Used by the meta-learning passes of ``engine/virtual.py``: double backward cannot go through a
     compiled graph, and the hypergradients (lr x second-order products) stay in fp32.
     """
     with contextlib.ExitStack() as stack:
+        stack.enter_context(no_tf32())
         if is_compiled(model):
             stack.enter_context(torch.compiler.set_stance("force_eager"))
         if _autocast_enabled(device_type):

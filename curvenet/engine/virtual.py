@@ -11,6 +11,8 @@ weighting network. We do it with ``torch.func.functional_call`` on the unmodifie
   second-order path) and their BatchNorm layers run in eval mode, as CurveNet's ``froze()`` does;
 - the functional passes run eagerly and in fp32 even when ``train.compile``, ``train.cuda_graphs``
   or ``train.bf16`` is on (``engine/fastpath.py``): compiled graphs cannot be differentiated twice;
+  TF32 is off in them (``no_tf32``: the functional forwards, the virtual step's gradient and the meta
+  backward), whatever ``train.tf32`` says, so "fp32" holds on Ampere+ GPUs too;
 - the update rule is the real optimiser's (momentum and Nesterov from its current momentum
   buffers, weight decay, current lr; CurveNet via ``higher``) or plain SGD (MW-Net).
 
@@ -35,7 +37,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from curvenet.engine.fastpath import eager_fp32
+from curvenet.engine.fastpath import eager_fp32, no_tf32
 from curvenet.engine.method import ConfigError
 
 
@@ -128,7 +130,8 @@ class FunctionalModel:
     def virtual_step(self, loss: torch.Tensor, params: dict[str, torch.Tensor], rule: SGDRule,
                      buffers: dict[str, torch.Tensor] | None = None, create_graph: bool = True) -> dict[str, torch.Tensor]:
         """theta' = one differentiable step of ``rule`` on ``loss`` from ``params`` (trainable ones)."""
-        grads = torch.autograd.grad(loss, [params[n] for n in self.trainable], create_graph=create_graph)
+        with no_tf32():  # the backward of the functional forward, and its graph for the meta backward
+            grads = torch.autograd.grad(loss, [params[n] for n in self.trainable], create_graph=create_graph)
         buffers = buffers or {}
         new = dict(params)
         for name, g in zip(self.trainable, grads):
@@ -146,6 +149,7 @@ class FunctionalModel:
 def meta_backward(meta_loss: torch.Tensor, meta_params: Iterable[torch.nn.Parameter]) -> None:
     """Set ``.grad`` of the meta parameters only (the classifier's gradients are not computed)."""
     params = [p for p in meta_params if p.requires_grad]
-    grads = torch.autograd.grad(meta_loss, params, allow_unused=True)
+    with no_tf32():  # the second-order pass through the functional forwards
+        grads = torch.autograd.grad(meta_loss, params, allow_unused=True)
     for p, g in zip(params, grads):
         p.grad = None if g is None else g.detach()

@@ -5,7 +5,8 @@ on the shared functional virtual step (``curvenet/engine/virtual.py``).
                        current lr, current momentum buffers) on mean_i G(c_i, y_i; Theta) * CE_i(theta)
     L_meta(Theta)    = mean CE(f(x_meta; theta_hat(Theta)), y_meta)
 
-SLMO leaves the frozen groups out of both (``FunctionalModel(frozen=...)``).
+SLMO leaves the frozen groups out of both (``FunctionalModel(frozen=...)``). Both run without TF32
+(``no_tf32``), as does the meta backward (``meta_backward``).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from curvenet.engine.fastpath import no_tf32
 from curvenet.engine.virtual import FunctionalModel, SGDRule
 
 
+@no_tf32()  # the meta pass stays fp32 (also CurveNet's forward)
 def virtual_params(fm: FunctionalModel, weight_fn: Callable[[], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                    rule: SGDRule, buffers: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
     """theta_hat: one differentiable step on the CurveNet-weighted CE of batch (x, y).
@@ -31,6 +34,7 @@ def virtual_params(fm: FunctionalModel, weight_fn: Callable[[], torch.Tensor], x
     return fm.virtual_step(loss, params, rule, buffers)
 
 
+@no_tf32()
 def meta_loss(fm: FunctionalModel, params: dict[str, torch.Tensor], x_meta: torch.Tensor,
               y_meta: torch.Tensor) -> torch.Tensor:
     """Mean CE of the look-ahead model on a clean (or pseudo-meta) batch."""

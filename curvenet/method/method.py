@@ -6,8 +6,9 @@ Stages (phases):
 1. ``probe`` + ``probe_cyclic`` (``recognition_cycle``): CE on the whole biased training set with the
    official schedule (``probe.py``), recording every sample's training loss every epoch, from the
    training-mode forward on its augmented view before the update of its batch. The [n, T] losses are
-   cached per split (``probe.py``), so a suite probes each split once and every CurveNet variant
-   (SL, P, S, DRW, seeds) reuses the curves; when they exist, ``phases()`` leaves the probe out.
+   cached per split and probe seed (``probe.py``), so a suite probes each split once per seed and
+   every CurveNet variant of that seed (SL, P, S, DRW) reuses the curves; when they exist,
+   ``phases()`` leaves the probe out.
 2. ``allocate`` (``recognition_curve``, the final phase): a fresh classifier with the recipe (the
    harmonised recipe is the official allocating recipe); per batch, while ``epoch < freeze_epoch``:
    ``virtual_step`` -> ``meta_forward`` -> ``meta_update`` -> ``real_step`` (the four timed phases);
@@ -37,10 +38,16 @@ Deviations from the code (not flags):
 - [DECISION] DRW (``curvenet_drw``, Table 6) counts classes with the *observed* labels
   (``ctx.class_counts``); the code counts each sample under its true label (true class sizes), which
   clean training labels would be needed for and which never reach a method here;
-- [DECISION] the probe has its own seed (``probe.seed``, the code's seed 1) for its initialisation,
-  batch order and augmentation, so the curves depend on the split and the probe config only (not on
-  which run recorded them), and the engine's data stream is untouched by the probe: the allocating
-  stage sees the same batches as CE for the same seed, whether this run probed or reused the curves;
+- [DECISION] the probe has its own random streams, seeded with the probe seed, for its
+  initialisation, batch order and augmentation, so the curves depend on the split, the probe config
+  and the probe seed only (not on which run recorded them), and the engine's data stream is untouched
+  by the probe: the allocating stage sees the same batches as CE for the same seed, whether this run
+  probed or reused the curves. The probe seed is the run's seed by default (``probe.seed: null``), so
+  the spread of CurveNet over seeds includes the probe's variance (the code has one seed, 1, for
+  everything); the cost is one probe per split *and seed*: 3 probes per split for 3 seeds instead of
+  1 (each the official 300 probe epochs; curvenet and curvenet_drw of one seed still share one).
+  ``probe.seed: <int>`` trains one probe per split with that seed and shares it among all seeds (as
+  before issue 13, with ``probe.seed: 1``);
 - [DECISION] the probe trains the run's backbone (``model``): ResNet-32, or WRN-16-8 for Table 6
   (the code has no released WRN config);
 - the square wave starts high at the first cyclic epoch (the code toggles at absolute multiples of
@@ -93,6 +100,7 @@ from curvenet.method.probe import (
     probe_epochs,
     probe_key,
     probe_lr,
+    probe_seed,
     publish_curves,
 )
 from curvenet.method.timing import PhaseTimer
@@ -138,8 +146,9 @@ class CurveNetMethod(Method):
     def check_config(cls, cfg: Any) -> None:
         c, r = cfg.method, cfg.recipe
         p = c.probe
-        for key in ("epochs", "cyclic_epochs", "seed"):
+        for key in ("epochs", "cyclic_epochs"):
             _int(p[key], f"probe.{key}")
+        _int(p.seed, "probe.seed", allow_none=True)
         _int(p.cyclic_half_period, "probe.cyclic_half_period", 1)
         _int(p.batch_size, "probe.batch_size", 1, allow_none=True)
         _int(p.cyclic_batch_size, "probe.cyclic_batch_size", 1, allow_none=True)
@@ -213,6 +222,7 @@ class CurveNetMethod(Method):
         self._store: dict[str, Any] = {}  # re-derived from the curves file, never checkpointed
         self._phase = ""
         self._lock: ProbeLock | None = None
+        self.probe_seed = probe_seed(c.probe, int(ctx.seed))  # the run's seed unless probe.seed is set
         self.model = ctx.build_model()
         self.optimizer = ctx.build_optimizer(self.model.parameters())
 
@@ -222,7 +232,7 @@ class CurveNetMethod(Method):
             self.probe_needed = False
         else:
             key = probe_key(ctx.split_sha256, c.probe, int(ctx.recipe.batch_size), ctx.cfg.model, ctx.cfg.dataset,
-                            ctx.cfg.train.limit_batches)
+                            ctx.cfg.train.limit_batches, self.probe_seed)
             self.curves_file = curves_path(ctx.cache_dir, key)
             self._key = key
             self.num_epochs = probe_epochs(c.probe)
@@ -260,13 +270,13 @@ class CurveNetMethod(Method):
         if self.probe_needed:
             p = c.probe
             with torch.random.fork_rng(devices=[]):  # the probe's own seed; the run's RNG is untouched
-                torch.default_generator.manual_seed(int(p.seed))
+                torch.default_generator.manual_seed(self.probe_seed)
                 self.probe_model = ctx.build_model()
             self.probe_optimizer = ctx.build_optimizer(self.probe_model.parameters(), lr=float(p.lr),
                                                        momentum=float(p.momentum), nesterov=bool(p.nesterov),
                                                        weight_decay=float(p.weight_decay))
             self.probe_losses = torch.full((n, self.num_epochs), float("nan"), device=dev)
-            gen = torch.Generator(device=ctx.train.generator.device).manual_seed(int(p.seed))
+            gen = torch.Generator(device=ctx.train.generator.device).manual_seed(self.probe_seed)
             self.probe_rng_state = gen.get_state()
 
     @property

@@ -1,4 +1,5 @@
-"""The probing stage's schedule, and the probe-curve cache shared by every CurveNet run on a split.
+"""The probing stage's schedule, and the probe-curve cache shared by the CurveNet runs of a split and
+probe seed.
 
 Schedule (official ``recognition_cycle`` + ``config/cycle``, methods.md §2.2), as two phases:
 
@@ -11,20 +12,24 @@ The code toggles the wave at absolute epochs that are multiples of the half peri
 starts high at the first cyclic epoch. The two agree whenever ``epochs`` is a multiple of the half
 period, as in the official 120/15.
 
-Cache: the raw losses [n, T] go to ``<ctx.cache_dir>/curvenet/probe-<split>-<key>.npz``, keyed by
-the split hash and everything that determines the probe (its schedule and seed, the backbone, the
-augmentation, ``train.limit_batches``). The file also records the split hash and the observed labels
-it was made for, and is checked against them when read.
+Cache: the raw losses [n, T] go to ``<ctx.cache_dir>/curvenet/probe-<split>-seed<s>-<key>.npz``,
+keyed by the split hash, the probe's seed s and everything else that determines the probe (its
+schedule, the backbone, the augmentation, ``train.limit_batches``). The seed is the run's seed by
+default (``probe.seed: null``: one probe per split and seed, so CurveNet's spread over seeds includes
+the probe's variance) or a fixed ``probe.seed`` (one probe per split shared by every seed). The file
+also records the split hash and the observed labels it was made for, and is checked against them
+when read.
 
 Concurrency [DECISION]: a run that needs a missing file first claims ``<file>.lock`` (created with
-O_EXCL, naming the run directory). Other runs of the same split wait for the file (``wait``), polling
-every ``poll_s`` seconds, while the prober refreshes the lock's mtime (at most every 30 s, from its
-training steps). A lock not refreshed for ``stale_after_s`` belongs to a dead run: a waiter removes
-it and probes itself. The file is published atomically and first-writer-wins (written to a temporary
-name, then hard-linked to its final name, which fails if it exists), so even two probes of the same
-split (``wait: false``, or a stale-lock takeover of a live but stalled run) leave one file that every
-run reads. A lock is also taken over at once when its holder is known to have stopped: a dead
-process on this host, or an earlier (failed or interrupted) run of this same process.
+O_EXCL, naming the run directory). Other runs of the same split and probe seed wait for the file
+(``wait``), polling every ``poll_s`` seconds, while the prober refreshes the lock's mtime (at most
+every 30 s, from its training steps). A lock not refreshed for ``stale_after_s`` belongs to a dead
+run: a waiter removes it and probes itself. The file is published atomically and first-writer-wins
+(written to a temporary name, then hard-linked to its final name, which fails if it exists), so even
+two probes of the same split (``wait: false``, or a stale-lock takeover of a live but stalled run)
+leave one file that every run reads. A lock is also taken over at once when its holder is known to
+have stopped: a dead process on this host, or an earlier (failed or interrupted) run of this same
+process.
 """
 
 from __future__ import annotations
@@ -71,12 +76,19 @@ def probe_lr(probe: Mapping[str, Any], phase: str, epoch: int) -> float:
     return float(probe["cyclic_lr_high"] if (epoch // half) % 2 == 0 else probe["cyclic_lr_low"])
 
 
+def probe_seed(probe: Mapping[str, Any], run_seed: int) -> int:
+    """The probe's seed: ``probe.seed``, or the run's seed when it is null (the default)."""
+    return int(run_seed if probe["seed"] is None else probe["seed"])
+
+
 def probe_key(split_sha256: str, probe: Mapping[str, Any], recipe_batch_size: int, model: Mapping[str, Any],
-              dataset: Mapping[str, Any], limit_batches: int | None) -> dict[str, Any]:
-    """Everything the recorded losses depend on besides the code version."""
+              dataset: Mapping[str, Any], limit_batches: int | None, seed: int) -> dict[str, Any]:
+    """Everything the recorded losses depend on besides the code version; ``seed`` is the probe's
+    effective seed (``probe_seed``)."""
     bs, cyc = probe_batch_sizes(probe, recipe_batch_size)
     schedule = {k: probe[k] for k in ("epochs", "lr", "cyclic_epochs", "cyclic_lr_high", "cyclic_lr_low",
-                                      "cyclic_half_period", "momentum", "nesterov", "weight_decay", "seed")}
+                                      "cyclic_half_period", "momentum", "nesterov", "weight_decay")}
+    schedule["seed"] = int(seed)
     return {
         "version": CACHE_VERSION, "split_sha256": split_sha256, "probe": {**schedule, "batch_size": bs,
                                                                            "cyclic_batch_size": cyc},
@@ -91,7 +103,8 @@ def key_digest(key: Mapping[str, Any]) -> str:
 
 
 def curves_path(cache_dir: Path, key: Mapping[str, Any]) -> Path:
-    return Path(cache_dir) / "curvenet" / f"probe-{key['split_sha256'][:12]}-{key_digest(key)[:12]}.npz"
+    seed = key["probe"]["seed"]
+    return Path(cache_dir) / "curvenet" / f"probe-{key['split_sha256'][:12]}-seed{seed}-{key_digest(key)[:12]}.npz"
 
 
 # -- the file ------------------------------------------------------------------------------------
