@@ -6,6 +6,7 @@
     curvebench splits SUITE [overrides] [--check] [--update-lock]
     curvebench status SUITE [overrides] [--runs]
     curvebench leaderboard [RESULTS_DIR] [-o leaderboard/LEADERBOARD.md]
+    curvebench verify RESULTS_DIR [--sample N]     re-train recorded runs here and compare
     curvebench list
     curvebench perf [--device cpu|cuda] [--methods ...] [--quick] [--epochs N] [--concurrent N ...]
 """
@@ -236,6 +237,13 @@ def leaderboard_command(argv: list[str]) -> int:
     from leaderboard.cli import main as leaderboard_main
 
     return leaderboard_main(argv)
+
+
+@subcommand("verify")
+def verify_command(argv: list[str]) -> int:
+    from curvenet.verify import main as verify_main
+
+    return verify_main(argv)
 
 
 @subcommand("perf")
