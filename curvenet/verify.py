@@ -9,13 +9,16 @@ Verdicts, per run:
 - **bit-identical**: the same accuracy at every epoch, the same last and best accuracy, best
   epoch, per-class accuracies and confusion matrix (and the same for extra networks), exactly;
 - **within spread**: otherwise, when ``|Δ last| <= tolerance``. Δ last is the re-run's minus the
-  recorded last-epoch top-1 (percent). The tolerance is the cell's seed spread as a 95% bound on
-  the difference of two runs of the cell: ``t(0.975, n−1) · √2 · s``, with s the sample std
-  (ddof 1) of the recorded last-epoch top-1 over the cell's n seeds, and at least one test image
-  (100 / test images; also the tolerance of a cell of one seed). A cell is what the leaderboard
-  averages: the finished records under RESULTS_DIR with the run's config hash and split hash, i.e.
-  the runs that differ only by seed. A re-run that behaves like one more seed of its cell falls
-  outside with probability about 5%, so of N sampled runs about N/20 may by chance;
+  recorded last-epoch top-1 (percent). The tolerance is the cell's seed spread, as a 95% bound on
+  the difference of two runs of the cell: ``t(0.975, m−1) · √2 · s``, with s the sample std
+  (ddof 1) of the recorded last-epoch top-1 over the cell's m *other* seeds (the run's own record
+  is left out, so a wrong record cannot widen its own tolerance), and at least one test image
+  (100 / test images). A cell is what the leaderboard averages: the finished records under
+  RESULTS_DIR with the run's config hash and split hash, i.e. the runs that differ only by seed.
+  If the re-run were an independent draw from the cell's runs, it would fall outside with
+  probability 5%; a re-run of the same seed stays closer than that. With 3 seeds (m = 2) the bound
+  is 12.7 times the other two seeds' difference: only gross disagreement is outside; more seeds
+  make it sharper. A cell with fewer than 3 seeds has no spread: its tolerance is one test image;
 - **outside spread**: ``|Δ last|`` above the tolerance;
 - **split differs**, **config differs** (the record's config does not hash to its config hash),
   **failed** (the re-run wrote failed.json) or **error**: not verified.
@@ -67,7 +70,7 @@ class Check:
     verdict: str = ERROR
     detail: str = ""
     here: dict[str, Any] | None = None  # the re-run's record
-    cell_lasts: list[float] = field(default_factory=list)  # recorded last-epoch top-1 of the cell's seeds
+    other_lasts: list[float] = field(default_factory=list)  # recorded last-epoch top-1 of the cell's other seeds
     tolerance: float | None = None
 
     @property
@@ -123,7 +126,7 @@ def cell_key(record: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def seed_std(lasts: Sequence[float]) -> float | None:
-    """Sample std (ddof 1) of the last-epoch top-1 over a cell's seeds; None for a single seed."""
+    """Sample std (ddof 1) of last-epoch top-1 values; None for fewer than two."""
     return statistics.stdev(lasts) if len(lasts) > 1 else None
 
 
@@ -134,15 +137,15 @@ def test_image_points(record: Mapping[str, Any]) -> float | None:
     return 100.0 / total if total else None
 
 
-def tolerance_for(record: Mapping[str, Any], lasts: Sequence[float]) -> float:
-    """t(0.975, n−1)·√2·s over the cell's n seeds, at least one test image (see the module doc)."""
+def tolerance_for(record: Mapping[str, Any], others: Sequence[float]) -> float:
+    """t(0.975, m−1)·√2·s over the cell's m other seeds, at least one test image (see the module doc)."""
     from scipy.stats import t
 
     floor = test_image_points(record) or 0.0
-    s = seed_std(lasts)
+    s = seed_std(others)
     if s is None:
         return floor
-    return max(float(t.ppf(0.5 + CONFIDENCE / 2, len(lasts) - 1)) * math.sqrt(2.0) * s, floor)
+    return max(float(t.ppf(0.5 + CONFIDENCE / 2, len(others) - 1)) * math.sqrt(2.0) * s, floor)
 
 
 def metrics_identical(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
@@ -207,16 +210,16 @@ def verify(root: Path, sample: int | None, scratch: Path, data_dir: Path, device
     records, problems = finished_records(root)
     if not records:
         raise VerifyInputError(f"no finished run records (result.json) under {root}")
-    cells: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for _, record in records:
-        cells[cell_key(record)].append(float(record["metrics"]["top1_last"]))
+    cells: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)  # cell -> path -> last-epoch top-1
+    for path, record in records:
+        cells[cell_key(record)][path] = float(record["metrics"]["top1_last"])
     checks = []
     by_path = dict(records)
     picks = sample_paths(list(by_path), sample)
     for n, path in enumerate(picks, 1):
         record = by_path[path]
-        lasts = cells[cell_key(record)]
-        check = Check(path, record, cell_lasts=list(lasts), tolerance=tolerance_for(record, lasts))
+        others = [last for p, last in sorted(cells[cell_key(record)].items()) if p != path]
+        check = Check(path, record, other_lasts=others, tolerance=tolerance_for(record, others))
         if log is not None:
             print(f"[{n}/{len(picks)}] re-training {path}", file=log, flush=True)
         try:
@@ -272,7 +275,7 @@ def render(checks: list[Check], n_records: int, root: Path, sample: int | None, 
         rows.append([n, c.record["method"], _cell(c.record["dataset"] if len(datasets) > 1 else "", spec),
                      c.record["seed"], _f(c.record["metrics"]["top1_last"]),
                      _f(c.here["metrics"]["top1_last"]) if c.here else "", _f(c.delta_last, sign=True),
-                     f"{_f(c.tolerance)} ({len(c.cell_lasts)} seeds)", same_epochs,
+                     f"{_f(c.tolerance)} ({len(c.other_lasts) + 1} seeds)", same_epochs,
                      c.verdict + (f": {c.detail}" if c.detail else ""), hardware_verdict(c, here_env)])
     headers = ["#", "method", "cell", "seed", "last rec", "last here", "Δ last", "tolerance", "same epochs",
                "verdict", "recorded on"]
@@ -281,8 +284,8 @@ def render(checks: list[Check], n_records: int, root: Path, sample: int | None, 
                                                        FAILED, ERROR) if counts[v])
     lines = [f"verify {root}: {how}; each re-trained from its recorded config in a scratch directory",
              "", tabulate(rows, headers=headers, disable_numparse=True), "",
-             "tolerance: t(0.975, n-1)·√2·s over the cell's n recorded seeds (s: std of their last-epoch top-1), "
-             "at least one test image; same epochs: leading epochs with identical accuracy",
+             "tolerance: 95% bound t(0.975, m-1)·√2·s, s the std of the last-epoch top-1 of the cell's m other "
+             "recorded seeds, at least one test image; same epochs: leading epochs with identical accuracy",
              "recorded on: " + "; ".join(f"{label} ({n} run{'s' if n > 1 else ''})" for label, n in sorted(labels.items())),
              "here:        " + stack_label(checks[0].here["env"] if checks and checks[0].here else here_env),
              f"result: {summary}"]
