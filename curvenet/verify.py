@@ -12,13 +12,14 @@ Verdicts, per run:
   recorded last-epoch top-1 (percent). The tolerance is the cell's seed spread, as a 95% bound on
   the difference of two runs of the cell: ``t(0.975, m−1) · √2 · s``, with s the sample std
   (ddof 1) of the recorded last-epoch top-1 over the cell's m *other* seeds (the run's own record
-  is left out, so a wrong record cannot widen its own tolerance), and at least one test image
-  (100 / test images). A cell is what the leaderboard averages: the finished records under
+  is left out, so a wrong record cannot widen its own tolerance), and s at least that of two seeds
+  one test image apart (the accuracy's resolution, 100 / test images: tied seeds are common). A cell is what the leaderboard averages: the finished records under
   RESULTS_DIR with the run's config hash and split hash, i.e. the runs that differ only by seed.
   If the re-run were an independent draw from the cell's runs, it would fall outside with
   probability 5%; a re-run of the same seed stays closer than that. With 3 seeds (m = 2) the bound
-  is 12.7 times the other two seeds' difference: only gross disagreement is outside; more seeds
-  make it sharper. A cell with fewer than 3 seeds has no spread: its tolerance is one test image;
+  is 12.7 times the other two seeds' difference (at least one test image): only gross disagreement
+  is outside; more seeds make it sharper. A cell of fewer than 3 seeds has no spread: its
+  tolerance is one test image;
 - **outside spread**: ``|Δ last|`` above the tolerance;
 - **split differs**, **config differs** (the record's config does not hash to its config hash),
   **failed** (the re-run wrote failed.json) or **error**: not verified.
@@ -138,14 +139,15 @@ def test_image_points(record: Mapping[str, Any]) -> float | None:
 
 
 def tolerance_for(record: Mapping[str, Any], others: Sequence[float]) -> float:
-    """t(0.975, m−1)·√2·s over the cell's m other seeds, at least one test image (see the module doc)."""
+    """t(0.975, m−1)·√2·s over the cell's m other seeds (see the module doc); one test image below 2 others."""
     from scipy.stats import t
 
-    floor = test_image_points(record) or 0.0
+    image = test_image_points(record) or 0.0
     s = seed_std(others)
     if s is None:
-        return floor
-    return max(float(t.ppf(0.5 + CONFIDENCE / 2, len(others) - 1)) * math.sqrt(2.0) * s, floor)
+        return image
+    s = max(s, image / math.sqrt(2.0))  # never below the accuracy's resolution (two seeds one image apart)
+    return float(t.ppf(0.5 + CONFIDENCE / 2, len(others) - 1)) * math.sqrt(2.0) * s
 
 
 def metrics_identical(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
@@ -202,6 +204,8 @@ def rerun(check: Check, scratch: Path, data_dir: Path, device: str | None) -> No
         return
     assert check.tolerance is not None
     check.verdict = WITHIN if abs(check.delta_last or 0.0) <= check.tolerance + 1e-9 else OUTSIDE
+    if check.verdict == OUTSIDE and len(check.other_lasts) < 2:
+        check.detail = f"a cell of {len(check.other_lasts) + 1} seed(s) has no spread"
 
 
 def verify(root: Path, sample: int | None, scratch: Path, data_dir: Path, device: str | None = None,
@@ -285,7 +289,8 @@ def render(checks: list[Check], n_records: int, root: Path, sample: int | None, 
     lines = [f"verify {root}: {how}; each re-trained from its recorded config in a scratch directory",
              "", tabulate(rows, headers=headers, disable_numparse=True), "",
              "tolerance: 95% bound t(0.975, m-1)·√2·s, s the std of the last-epoch top-1 of the cell's m other "
-             "recorded seeds, at least one test image; same epochs: leading epochs with identical accuracy",
+             "recorded seeds (at least that of two seeds one test image apart); same epochs: leading epochs with "
+             "identical accuracy",
              "recorded on: " + "; ".join(f"{label} ({n} run{'s' if n > 1 else ''})" for label, n in sorted(labels.items())),
              "here:        " + stack_label(checks[0].here["env"] if checks and checks[0].here else here_env),
              f"result: {summary}"]

@@ -126,8 +126,9 @@ def test_tolerance_is_a_95_percent_bound_with_a_floor_of_one_test_image():
     assert CONFIDENCE == 0.95
     assert tolerance_for(record, others) == pytest.approx(t.ppf(0.975, 2) * math.sqrt(2) * 1.0)
     assert tolerance_for(record, [90.0, 90.4]) == pytest.approx(12.706 * 0.4, rel=1e-4)  # 3 seeds: 12.7 × |a − b|
+    assert tolerance_for(record, [90.0, 90.0]) == pytest.approx(12.706 * 0.2, rel=1e-4)  # tied: one image apart
+    assert tolerance_for(record, [90.0, 90.0, 90.0]) == pytest.approx(t.ppf(0.975, 2) * 0.2)
     assert tolerance_for(record, [90.0]) == pytest.approx(0.2)  # a cell of 2 seeds: no spread
-    assert tolerance_for(record, [90.0, 90.0, 90.0]) == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize("make, message", [
