@@ -146,26 +146,31 @@ def stack_key(env: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 
 def stack_label(env: Mapping[str, Any]) -> str:
-    """A one-line name of the stack, different for different ``stack_key``s."""
+    """A one-line name of the stack: parts joined by " · ", one per ``stack_key`` field (builds left out)."""
     key = dict(stack_key(env))
     parts = [str(key["device"] or "?")]
     if is_gpu(env):
         parts.append(f"{key['device_name'] or '?'}" + (f" (sm {key['gpu_capability']})" if key["gpu_capability"] else ""))
         parts.append(f"CUDA {key['cuda'] or '?'}, cuDNN {key['cudnn'] or '?'}")
-    parts.append(str(key["cpu_model"] or "unknown CPU"))
-    if key["cpu_isa"] is None:
-        parts.append("ISA not recorded")
+    if key["cpu_isa"] is None:  # a record from before these fields
+        parts.append(f"{key['cpu_model']} · ISA not recorded" if key["cpu_model"] else "CPU not recorded")
     else:
-        parts.append(key["cpu_isa"] + ("+AMX" if key["cpu_amx"] else ""))
+        parts.append(str(key["cpu_model"] or "unknown CPU"))
+        parts.append(key["cpu_isa"] + {True: "+AMX", False: "", None: " (AMX unknown)"}[key["cpu_amx"]])
     if key["isa_env"]:
         parts.append(" ".join(f"{k}={v}" for k, v in key["isa_env"]))
     parts.append(f"torch {key['torch'] or '?'}")
     if key["cpu_isa"] is not None:  # recorded together with the ISA
-        parts.append(f"MKL {key['mkl'] or 'none'}, oneDNN {key['onednn'] or 'none'}")
-        parts.append(f"numpy BLAS {key['numpy_blas'] or '?'}")
+        parts += [f"MKL {_version(key['mkl'])}", f"oneDNN {_version(key['onednn'])}",
+                  f"numpy BLAS {key['numpy_blas'] or '?'}"]
     if key["torch_threads"] is not None:
         parts.append(f"{key['torch_threads']} thread" + ("s" if key["torch_threads"] != 1 else ""))
     return " · ".join(parts)
+
+
+def _version(text: str | None) -> str:
+    """ "2024.2 (build 20240605)" -> "2024.2": the label names versions, the record keeps builds."""
+    return text.split(" (")[0] if text else "none"
 
 
 def stack_differences(recorded: Mapping[str, Any], here: Mapping[str, Any]) -> list[str]:
