@@ -255,7 +255,9 @@ def hardware_verdict(check: Check, here_env: Mapping[str, Any]) -> str:
     recorded = check.record["env"]
     if dict(stack_key(recorded))["cpu_isa"] is None:
         return "unknown (ISA not recorded)"
-    return "same" if stack_key(recorded) == stack_key(env) else "other: " + "; ".join(stack_differences(recorded, env))
+    if stack_key(recorded) == stack_key(env):
+        return "same"
+    return "other (" + ", ".join(d.split(" ")[0] for d in stack_differences(recorded, env)) + ")"
 
 
 def render(checks: list[Check], n_records: int, root: Path, sample: int | None, here_env: Mapping[str, Any]) -> str:
@@ -317,6 +319,12 @@ def main(argv: list[str]) -> int:
     if args.sample is not None and args.sample < 1:
         print(f"{prog} --sample must be >= 1, got {args.sample}", file=sys.stderr)
         return 2
+    if args.device and args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            print(f"{prog} --device {args.device} but CUDA is not available here; use --device cpu", file=sys.stderr)
+            return 2
     if args.workdir is not None:
         work, rroot = args.workdir.resolve(), root.resolve()
         if work == rroot or rroot in work.parents or work in rroot.parents:

@@ -102,6 +102,20 @@ def test_small_difference_is_within_the_spread(recorded, tmp_path, capsys):
     assert " 0/6 " in out  # the first epoch already differs
 
 
+def test_a_cell_of_two_seeds_has_no_spread(recorded, tmp_path, capsys):
+    results = _copy(recorded, tmp_path)
+    (seed3,) = [p.parent for p in results.rglob(RESULT_FILE) if p.parent.name == "seed-3"]
+    shutil.rmtree(seed3)
+
+    def moved(record):  # two test images off
+        m = record["metrics"]
+        m["top1_per_epoch"][-1] = m["top1_last"] = round(m["top1_last"] + (0.4 if m["top1_last"] < 99 else -0.4), 2)
+
+    _doctor(results, 1, moved)
+    code, out, _ = _verify(capsys, str(results))
+    assert code == 1 and "outside spread: a cell of 2 seed(s) has no spread" in out and "0.20 (2 seeds)" in out
+
+
 def test_split_hash_is_checked(recorded, tmp_path, capsys):
     results = _copy(recorded, tmp_path)
     _doctor(results, 1, lambda r: r.update(split_sha256="0" * 64))
@@ -141,8 +155,13 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, make, message):
 
 
 def test_workdir_inside_results_is_refused(recorded, tmp_path, capsys):
+    import torch
+
     results = _copy(recorded, tmp_path)
     code, _, err = _verify(capsys, str(results), "--workdir", str(results / "scratch"))
     assert code == 2 and "must lie outside" in err and not (results / "scratch").exists()
     code, _, err = _verify(capsys, str(results), "--sample", "0")
     assert code == 2 and "--sample must be >= 1" in err
+    if not torch.cuda.is_available():
+        code, _, err = _verify(capsys, str(results), "--device", "cuda")
+        assert code == 2 and "CUDA is not available" in err and len(err.strip().splitlines()) == 1
