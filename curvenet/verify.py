@@ -156,13 +156,22 @@ def metrics_identical(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 # -- re-running --------------------------------------------------------------------------------
 def plan_from_record(record: Mapping[str, Any], scratch: Path, data_dir: Path, device: str | None) -> Any:
-    """The recorded config as a planned run whose splits and results go to ``scratch``."""
+    """The recorded config as a planned run whose splits and results go to ``scratch``.
+
+    Data come from ``data_dir``, except data generated beside the splits (the smoke suite's), which
+    are generated again beside the scratch splits.
+    """
     from omegaconf import OmegaConf
 
     from curvenet.config import validate_config
     from curvenet.suites import _planned
 
     config = copy.deepcopy(dict(record["config"]))
+    paths = config.get("paths") or {}
+    data = Path(str(paths.get("data", data_dir)))
+    splits = Path(str(paths.get("splits", "")))
+    if splits.parts and (data == splits or splits in data.parents):  # generated data beside the splits (smoke)
+        data_dir = scratch / "splits" / data.relative_to(splits)
     config["paths"] = {"data": str(data_dir), "splits": str(scratch / "splits"), "results": str(scratch / "results")}
     config["train"] = {**config.get("train", {}), "progress": False}
     if device is not None:
@@ -281,7 +290,7 @@ def render(checks: list[Check], n_records: int, root: Path, sample: int | None, 
         rows.append([n, c.record["method"], _cell(c.record["dataset"] if len(datasets) > 1 else "", spec),
                      c.record["seed"], _f(c.record["metrics"]["top1_last"]),
                      _f(c.here["metrics"]["top1_last"]) if c.here else "", _f(c.delta_last, sign=True),
-                     f"{_f(c.tolerance)} ({len(c.other_lasts) + 1} seeds)", same_epochs,
+                     f"{_f(c.tolerance)} ({len(c.other_lasts) + 1} seed{'s' if c.other_lasts else ''})", same_epochs,
                      c.verdict + (f": {c.detail}" if c.detail else ""), hardware_verdict(c, here_env)])
     headers = ["#", "method", "cell", "seed", "last rec", "last here", "Δ last", "tolerance", "same epochs",
                "verdict", "recorded on"]

@@ -165,3 +165,11 @@ def test_workdir_inside_results_is_refused(recorded, tmp_path, capsys):
     if not torch.cuda.is_available():
         code, _, err = _verify(capsys, str(results), "--device", "cuda")
         assert code == 2 and "CUDA is not available" in err and len(err.strip().splitlines()) == 1
+
+
+def test_smoke_run_regenerates_its_data_in_scratch(workdirs, capsys):
+    assert cli("smoke", "method=ce") == 0
+    capsys.readouterr()
+    code, out, _ = _verify(capsys, str(workdirs["results"]))
+    assert code == 0 and "result: 1 bit-identical" in out and "(1 seed)" in out
+    assert not list(workdirs["data"].iterdir())  # the data root is never written either
