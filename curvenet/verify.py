@@ -309,10 +309,16 @@ def render(checks: list[Check], n_records: int, root: Path, sample: int | None, 
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="curvebench verify", description=__doc__.split("\n\n")[1])
+    p = argparse.ArgumentParser(
+        prog="curvebench verify", description=__doc__.split("\n\n")[1],
+        epilog="Verdicts: bit-identical; within spread (|Δ last-epoch top-1| within a 95%% bound from the seed "
+               "spread of the cell's other recorded seeds); outside spread; split differs; config differs; failed; "
+               "error. Exit status 0 when every sampled run is bit-identical or within spread, 1 otherwise, 2 for "
+               "bad input. README, Reproducibility, defines each.")
     p.add_argument("results", type=Path, help="results directory holding the run records (read only)")
     p.add_argument("--sample", type=int, default=None, metavar="N",
-                   help="re-run N evenly spaced finished runs (default: every finished run)")
+                   help="re-run N finished runs, those with the smallest sha256 of their path: the same on "
+                        "every machine (default: every finished run)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the recorded train.device)")
     p.add_argument("--data", type=Path, default=None, help="data root here (default: $CURVEBENCH_DATA or ./data)")
     p.add_argument("--workdir", type=Path, default=None,
