@@ -311,7 +311,7 @@ def render(checks: list[Check], n_records: int, root: Path, sample: int | None, 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="curvebench verify", description=__doc__.split("\n\n")[1],
-        epilog="Verdicts: bit-identical; within spread (|Δ last-epoch top-1| within a 95%% bound from the seed "
+        epilog="Verdicts: bit-identical; within spread (|Δ last-epoch top-1| within a 95% bound from the seed "
                "spread of the cell's other recorded seeds); outside spread; split differs; config differs; failed; "
                "error. Exit status 0 when every sampled run is bit-identical or within spread, 1 otherwise, 2 for "
                "bad input. README, Reproducibility, defines each.")
