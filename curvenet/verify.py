@@ -131,7 +131,7 @@ def seed_std(lasts: Sequence[float]) -> float | None:
     return statistics.stdev(lasts) if len(lasts) > 1 else None
 
 
-def test_image_points(record: Mapping[str, Any]) -> float | None:
+def one_image_points(record: Mapping[str, Any]) -> float | None:
     """One test image in accuracy points (100 / number of test images), from the confusion matrix."""
     conf = record["metrics"].get("confusion_last")
     total = sum(sum(row) for row in conf) if conf else 0
@@ -142,7 +142,7 @@ def tolerance_for(record: Mapping[str, Any], others: Sequence[float]) -> float:
     """t(0.975, m−1)·√2·s over the cell's m other seeds (see the module doc); one test image below 2 others."""
     from scipy.stats import t
 
-    image = test_image_points(record) or 0.0
+    image = one_image_points(record) or 0.0
     s = seed_std(others)
     if s is None:
         return image
