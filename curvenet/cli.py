@@ -6,6 +6,7 @@
     curvebench splits SUITE [overrides] [--check] [--update-lock]
     curvebench status SUITE [overrides] [--runs]
     curvebench leaderboard [RESULTS_DIR] [-o FILE.md] [--check]   default output: leaderboard-out/
+    curvebench verify RESULTS_DIR [--sample N]     re-train recorded runs here and compare
     curvebench list [SUITE]                            suites (description, GPU), methods, models
     curvebench perf [--device cpu|cuda] [--methods ...] [--quick] [--epochs N] [--concurrent N ...]
     curvebench --version
@@ -326,6 +327,13 @@ def leaderboard_command(argv: list[str]) -> int:
     from leaderboard.cli import main as leaderboard_main
 
     return leaderboard_main(argv)
+
+
+@subcommand("verify")
+def verify_command(argv: list[str]) -> int:
+    from curvenet.verify import main as verify_main
+
+    return verify_main(argv)
 
 
 @subcommand("perf")

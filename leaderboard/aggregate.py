@@ -3,7 +3,9 @@ per-cell mean ± std over seeds, trust checks, and MA over a block's cells.
 
 A cell is *flagged* (and left out of every mean) when its finished runs disagree on the split hash
 or on the config hash (the config hash already leaves the seed out). Failed runs are counted, never
-averaged. Runs from a dirty git tree or on unofficial data are counted so the cell can be marked.
+averaged. Runs from a dirty git tree or on unofficial data are counted so the cell can be marked, and
+so are the hardware/software stacks of the finished runs (a cell mixing stacks is marked, not flagged:
+runs agree statistically across machines, bit for bit only on one).
 """
 
 from __future__ import annotations
@@ -35,10 +37,15 @@ class CellStats:
     unofficial: int = 0  # finished runs on unofficial data
     split_hashes: tuple[str, ...] = ()
     config_hashes: tuple[str, ...] = ()
+    stacks: dict[str, tuple[int, ...]] = field(default_factory=dict)  # hardware label -> seeds of finished runs
 
     @property
     def usable(self) -> bool:
         return self.n_done > 0 and self.flag is None
+
+    @property
+    def mixed_hardware(self) -> bool:
+        return len(self.stacks) > 1
 
 
 @dataclass
@@ -107,7 +114,9 @@ def cell_stats(runs: pd.DataFrame) -> CellStats:
                       seeds=tuple(sorted(int(s) for s in done["seed"])), dirty=int(done["git_dirty"].sum()),
                       unofficial=int((~done["official"].astype(bool)).sum()),
                       split_hashes=tuple(sorted(done["split_sha256"].unique())),
-                      config_hashes=tuple(sorted(done["config_hash"].unique())))
+                      config_hashes=tuple(sorted(done["config_hash"].unique())),
+                      stacks={str(label): tuple(sorted(int(s) for s in group["seed"]))
+                              for label, group in done.groupby("hardware", sort=True)})
     reasons = []
     if len(stats.split_hashes) > 1:
         reasons.append(f"{len(stats.split_hashes)} split hashes")

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from curvenet.engine.hardware import stack_label
 from curvenet.engine.records import (
     FAILED_FILE,
     RESULT_FILE,
@@ -32,8 +33,8 @@ RUN_COLUMNS = [
     "imbalance_factor", "noise_model", "noise_rate", "order", "meta_per_class", "data_seed", "seed",
     "top1_best", "top1_last", "best_epoch", "epochs_run", "shot_many_last", "shot_medium_last", "shot_few_last",
     "realized_noise_rate", "num_train", "num_meta", "official", "config_hash", "split_sha256", "git_sha",
-    "git_dirty", "harness_version", "torch", "cuda", "device", "device_name", "wall_time_s", "finished",
-    "failure_phase", "failure_epoch", "failure_cause",
+    "git_dirty", "harness_version", "torch", "cuda", "device", "device_name", "cpu_model", "cpu_isa", "mkl", "onednn",
+    "hardware", "wall_time_s", "finished", "failure_phase", "failure_epoch", "failure_cause",
 ]
 
 
@@ -115,9 +116,11 @@ def record_row(path: str, record: Mapping[str, Any]) -> dict[str, Any]:
         "config_hash": record["config_hash"], "split_sha256": record["split_sha256"],
         "git_sha": env.get("git_sha"), "git_dirty": bool(env.get("git_dirty")),
         "harness_version": env.get("harness_version"), "torch": env.get("torch"), "cuda": env.get("cuda"),
-        "device": env.get("device"), "device_name": env.get("device_name"), "wall_time_s": record.get("wall_time_s"),
+        "device": env.get("device"), "device_name": env.get("device_name"), "cpu_model": env.get("cpu_model"),
+        "cpu_isa": env.get("cpu_isa"), "mkl": env.get("mkl"), "onednn": env.get("onednn"),
+        "hardware": stack_label(env), "wall_time_s": record.get("wall_time_s"),
         "finished": record.get("finished"), "failure_phase": failure.get("phase"),
-        "failure_epoch": failure.get("epoch"),        "failure_cause": cause[0] if cause else None,
+        "failure_epoch": failure.get("epoch"), "failure_cause": cause[0] if cause else None,
     }
 
 

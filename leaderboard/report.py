@@ -17,6 +17,7 @@ from leaderboard.spec import Specs, load_specs
 from leaderboard.tables import (
     DIRTY,
     FLAG,
+    MIXED_HW,
     NOT_RUN,
     REPORTED_ONLY,
     UNOFFICIAL,
@@ -119,11 +120,12 @@ def cells_frame(tables: list[TableResult]) -> pd.DataFrame:
                                 "top1_last_std": _r(c.last_std),
                                 "delta_best": _delta(c.best_mean, paper),
                                 "dirty_runs": c.dirty, "unofficial_runs": c.unofficial,
+                                "hardware_stacks": len(c.stacks),
                                 "split_sha256": " ".join(h[:12] for h in c.split_hashes),
                                 "config_hash": " ".join(h[:12] for h in c.config_hashes)})
     columns = ["table", "block", "row", "column", "status", "n_finished", "n_failed", "seeds", "top1_best_mean",
                "top1_best_std", "top1_last_mean", "top1_last_std", "paper", "delta_best", "dirty_runs",
-               "unofficial_runs", "split_sha256", "config_hash"]
+               "unofficial_runs", "hardware_stacks", "split_sha256", "config_hash"]
     return pd.DataFrame(out, columns=columns).convert_dtypes()
 
 
@@ -138,6 +140,9 @@ LEGEND = [
     "failed: a run that wrote `failed.json`; shown and counted, never averaged.",
     f"{DIRTY} a run from a dirty git tree. {UNOFFICIAL} a run on unofficial data (`split.official` false, e.g. "
     "synthetic data).",
+    f"{MIXED_HW} the cell's runs come from more than one hardware/software stack (CPU instruction set or model, GPU, "
+    "torch, MKL, oneDNN, CUDA or cuDNN version, threads); they agree statistically, not bit for bit (README, "
+    "Reproducibility), and are averaged; the table's notes list the stacks.",
     f"*{REPORTED_ONLY}*: the paper's number for a method this benchmark does not run. *{NOT_RUN}*: no run record.",
 ]
 

@@ -18,7 +18,7 @@ from leaderboard.aggregate import BlockResult, CellStats, ExtraStats, MAStats, T
 from leaderboard.load import Runs
 from leaderboard.spec import BlockSpec, Specs, match_label
 
-DIRTY, UNOFFICIAL, FLAG = "†", "‡", "⚠"
+DIRTY, UNOFFICIAL, FLAG, MIXED_HW = "†", "‡", "⚠", "§"
 NOT_RUN = "not run yet"
 REPORTED_ONLY = "reported only"
 METRIC = ("top-1 % on the clean test set, mean ± std over seeds (n runs); **last epoch is the honest "
@@ -49,7 +49,8 @@ def delta(value: float | None, paper: float | None) -> str:
 
 
 def markers(cell: CellStats) -> str:
-    return (f" {DIRTY}" if cell.dirty else "") + (f" {UNOFFICIAL}" if cell.unofficial else "")
+    return ((f" {DIRTY}" if cell.dirty else "") + (f" {UNOFFICIAL}" if cell.unofficial else "")
+            + (f" {MIXED_HW}" if cell.mixed_hardware else ""))
 
 
 def best_text(cell: CellStats) -> str:
@@ -167,11 +168,12 @@ def header_lines(result: TableResult, ctx: RenderContext) -> list[str]:
     if dirty:
         code += f"; {DIRTY} {dirty} run(s) from a dirty tree"
     lines.append(f"- **Code:** {code}.")
-    devices = Counter(f"{n} ({d})" for n, d in zip(runs["device_name"].fillna("unknown"), runs["device"].fillna("?")))
-    hw = ", ".join(f"{d} ×{n}" for d, n in sorted(devices.items()))
-    torch_v = ", ".join(sorted(runs["torch"].fillna("?").astype(str).unique()))
-    cuda = ", ".join(sorted(runs["cuda"].dropna().astype(str).unique())) or "none"
-    lines.append(f"- **Hardware:** {hw} (torch {torch_v}, CUDA {cuda}).")
+    stacks = Counter(runs["hardware"].fillna("unknown"))
+    hw = "; ".join(f"{d} ×{n}" for d, n in sorted(stacks.items()))
+    mixed = sum(c.mixed_hardware for b in result.blocks for c in b.cells.values())
+    if mixed:
+        hw += f"; {MIXED_HW} {mixed} cell(s) mix stacks"
+    lines.append(f"- **Hardware ({len(stacks)} stack{'s' if len(stacks) != 1 else ''}):** {hw}.")
     seeds = ", ".join(str(s) for s in sorted(runs["seed"].unique()))
     n_failed = int((runs["status"] == "failed").sum())
     unofficial = int((~runs["official"].astype(bool)).sum())
@@ -290,10 +292,23 @@ def notes(result: TableResult, ctx: RenderContext) -> list[str]:
                 out.append(f"{DIRTY} {where}: {cell.dirty} run(s) from a dirty git tree.")
             if cell.unofficial:
                 out.append(f"{UNOFFICIAL} {where}: {cell.unofficial} run(s) on unofficial data (split.official false).")
+            if cell.mixed_hardware:
+                out.append(f"{MIXED_HW} {where}: {mixed_hardware_note(cell.stacks)}")
     out += split_consistency(result, ctx.runs)
     if result.spec.paper and result.spec.paper in ctx.specs.paper:
         out += [f"Paper note: {n}" for n in ctx.specs.paper[result.spec.paper].notes]
     return out
+
+
+def mixed_hardware_note(stacks: dict[str, tuple[int, ...]]) -> str:
+    """What differs between a cell's stacks (labels from ``stack_label``), with the seeds on each."""
+    parts = {label: label.split(" · ") for label in stacks}
+    common = [p for p in next(iter(parts.values())) if all(p in other for other in parts.values())]
+    each = "; ".join(" · ".join(p for p in parts[label] if p not in common)
+                     + f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+                     for label, seeds in stacks.items())
+    return (f"runs from {len(stacks)} hardware/software stacks" + (f" (all {' · '.join(common)})" if common else "")
+            + f": {each}. They agree statistically, not bit for bit; averaged as usual.")
 
 
 def render_table(result: TableResult, ctx: RenderContext) -> str:

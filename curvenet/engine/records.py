@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import jsonschema
 
+from curvenet.engine.hardware import ENV_SCHEMA_PROPERTIES, stack_fields
 from curvenet.io import atomic_write_text
 
 SCHEMA_VERSION = 1
@@ -105,6 +106,7 @@ RECORD_SCHEMA: dict[str, Any] = {
         "env": {
             "type": "object",
             "required": ["harness_version", "git_sha", "git_dirty", "torch", "device"],
+            "properties": ENV_SCHEMA_PROPERTIES,  # hardware and math libraries (curvenet.engine.hardware)
         },
         "wall_time_s": _NUMBER,
         "started": {"type": "string"},
@@ -257,7 +259,7 @@ def git_state(repo_dir: Path | None = None) -> tuple[str, bool]:
 
 
 def environment(device: str) -> dict[str, Any]:
-    """Versions, git state and hardware, recorded with every run."""
+    """Versions, git state, hardware and math libraries, recorded with every run (never hashed)."""
     import numpy
     import torch
 
@@ -280,4 +282,5 @@ def environment(device: str) -> dict[str, Any]:
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name(torch.device(device))
+    env.update(stack_fields(device))  # CPU instruction set, MKL/oneDNN/BLAS versions, threads
     return env
