@@ -200,6 +200,10 @@ LEGEND = [
     f"{DIRTY} a run from a dirty git tree. {UNOFFICIAL} a run on unofficial data (`split.official` false, e.g. "
     "synthetic data).",
     f"*{REPORTED_ONLY}*: the paper's number for a method this benchmark does not run. *{NOT_RUN}*: no run record.",
+    "Measured suites (first): methods ranked by MA (last epoch), the best in bold, with a 95% bootstrap interval "
+    "over seeds and the paired difference to CE per cell (▲/▼: its interval excludes 0); the note under each "
+    "table says how the intervals are made and what they mean with 3 seeds. Tables wider than a screen are "
+    "stacked in parts.",
 ]
 
 
