@@ -116,10 +116,9 @@ def summary_lines(tables: list[TableResult]) -> list[str]:
     """One line per measured table (its leader by MA last, with the interval), one for the paper's tables."""
     out = []
     for t in tables:
-        short = t.spec.title.split(":")[0]
-        link = f"[{short}](#{slug(t.spec.title)})"
         if not t.spec.measured:
             continue
+        link = f"[{t.spec.title.split(':')[0]}](#{slug(t.spec.title)})"
         for bi, block in enumerate(t.blocks):
             order, _ = ranked_rows(t, bi)
             ranked = [ri for ri in order if block.ma[ri].complete]

@@ -354,11 +354,12 @@ def measured_cell_text(cell: CellStats, which: str, bold: bool = False) -> str:
 
 
 def interval_text(iv: Interval | None, signed: bool = False) -> str:
+    """``[low, high]``; signed (a difference): ``+estimate [low, high]`` and ▲/▼ where it excludes 0."""
     if iv is None:
         return ""
-    f = "{:+.2f}" if signed else "{:.2f}"
-    body = f"[{f.format(iv.low)}, {f.format(iv.high)}]"
-    return f"{f.format(iv.estimate)} {body}" + (f" {iv.marker}" if iv.marker else "") if signed else body
+    if not signed:
+        return f"[{iv.low:.2f}, {iv.high:.2f}]"
+    return f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]" + (f" {iv.marker}" if iv.marker else "")
 
 
 def ranking_table(result: TableResult, bi: int, order: list[int]) -> str:
