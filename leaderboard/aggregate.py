@@ -18,6 +18,7 @@ import pandas as pd
 
 from leaderboard.load import Runs, same_value
 from leaderboard.spec import BlockSpec, ExtraSpec, RowSpec, Specs, TableSpec, paper_coordinates
+from leaderboard.stats import BlockStats, block_stats
 
 
 @dataclass
@@ -91,6 +92,7 @@ class TableResult:
     blocks: list[BlockResult]
     paper: dict[tuple[int, int, int | None], float] = field(default_factory=dict)  # (block, row, col) -> value
     extras_paper: dict[tuple[int, int, int], float] = field(default_factory=dict)  # (block, row, extra) -> value
+    stats: list[BlockStats] = field(default_factory=list)  # per block; measured tables only
 
     @property
     def runs(self) -> pd.DataFrame:
@@ -221,6 +223,8 @@ def build_table(table: TableSpec, specs: Specs, runs: Runs) -> TableResult:
     rows = table_rows(table, specs, runs)
     blocks = [build_block(b, rows, runs) for b in table.blocks]
     result = TableResult(table, rows, blocks)
+    if table.measured:
+        result.stats = [block_stats(b, rows) for b in blocks]
     ptab = specs.paper.get(table.paper) if table.paper else None
     if ptab is not None:
         for bi, block in enumerate(table.blocks):

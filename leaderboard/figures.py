@@ -18,6 +18,10 @@ Figures 1 and 5 read ``artifacts.npz`` beside a CurveNet run's ``result.json`` (
 Fig. 1 needs ``curves``, ``labels``, ``is_noisy``; Fig. 5 needs ``weights``, ``labels``, ``is_noisy``.
 Fig. 6 needs ``metrics.confusion_last`` ([K, K] counts, rows = true class) of CE and CurveNet runs
 on the same split.
+
+Scopes: each measured table (``measured: true`` in tables.yaml, e.g. Fashion-MNIST, digits) gets its
+own Fig. 1, 5 and 6 from its own runs (files ``fig1_loss_curves_<table>.png``, ...); the paper's
+figures (``fig1_loss_curves.png``, ...) come from the runs of no measured table (CIFAR, ...).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class Figure:
     title: str
     file: str  # path relative to the markdown
     caption: str
+    scope: str | None = None  # the measured table the figure belongs to; None: the paper's figures
 
 
 @dataclass
@@ -124,7 +129,7 @@ def _save(fig: plt.Figure, out_dir: Path, name: str) -> str:
     return name
 
 
-def fig1_loss_curves(runs: Runs, out_dir: Path) -> tuple[str, str]:
+def fig1_loss_curves(runs: Runs, out_dir: Path, suffix: str = "") -> tuple[str, str]:
     """Mean ± std probe loss of clean and noisy samples, for a head and a tail class."""
     run, a = pick_artifact_run(runs, FIG1_ARRAYS)
     labels, noisy, curves = a["labels"], a["is_noisy"], a["curves"].astype(float)
@@ -149,12 +154,12 @@ def fig1_loss_curves(runs: Runs, out_dir: Path) -> tuple[str, str]:
         ax.legend(frameon=False)
     fig.suptitle(f"Loss curves, CurveNet probe: {_setting(run)}, seed {run['seed']}")
     fig.tight_layout()
-    name = _save(fig, out_dir, "fig1_loss_curves.png")
+    name = _save(fig, out_dir, f"fig1_loss_curves{suffix}.png")
     return name, (f"Fig. 1: mean ± std probe-stage training loss of clean and noisy samples of the largest (head) "
                   f"and smallest (tail) observed class that has both, from `{run['path']}` ({_setting(run)}).")
 
 
-def fig5_weights(runs: Runs, out_dir: Path) -> tuple[str, str]:
+def fig5_weights(runs: Runs, out_dir: Path, suffix: str = "") -> tuple[str, str]:
     """CurveNet's weights of clean and noisy samples, per observed class (head to tail)."""
     run, a = pick_artifact_run(runs, FIG5_ARRAYS)
     labels, noisy, weights = a["labels"], a["is_noisy"], a["weights"].astype(float)
@@ -179,7 +184,7 @@ def fig5_weights(runs: Runs, out_dir: Path) -> tuple[str, str]:
     ax.legend(patches, ["clean", "noisy"], frameon=False)
     ax.set_title(f"CurveNet weights: {_setting(run)}, seed {run['seed']}")
     fig.tight_layout()
-    name = _save(fig, out_dir, "fig5_weights.png")
+    name = _save(fig, out_dir, f"fig5_weights{suffix}.png")
     return name, (f"Fig. 5: CurveNet's per-sample weights at freeze time for clean and noisy samples of each class, "
                   f"from `{run['path']}` ({_setting(run)}; the paper shows CIFAR-10, IF 20, p 0.4).")
 
@@ -197,7 +202,7 @@ def _confusion(runs: Runs, paths: Sequence[str]) -> np.ndarray | None:
     return total
 
 
-def fig6_confusion(runs: Runs, out_dir: Path) -> tuple[str, str]:
+def fig6_confusion(runs: Runs, out_dir: Path, suffix: str = "") -> tuple[str, str]:
     """Row-normalised confusion matrices of CE and CurveNet on one split, summed over seeds."""
     df = runs.frame[(runs.frame["status"] == "done") & runs.frame["method"].isin(["ce", "curvenet"])]
     if not len(df):
@@ -232,7 +237,7 @@ def fig6_confusion(runs: Runs, out_dir: Path) -> tuple[str, str]:
     fig.colorbar(im, ax=list(axes), fraction=0.03)
     run = g.iloc[0]
     fig.suptitle(f"Confusion matrices: {_setting(run)}, {model}")
-    name = _save(fig, out_dir, "fig6_confusion.png")
+    name = _save(fig, out_dir, f"fig6_confusion{suffix}.png")
     return name, (f"Fig. 6: confusion matrices (rows: true class, row-normalised; last epoch, counts summed over "
                   f"seeds) of CE and CurveNet on {_setting(run)}, split `{split[:8]}` (the paper shows CIFAR-100, "
                   "IF 20, p 0.6).")
@@ -251,20 +256,41 @@ def ma_charts(tables: Sequence[TableResult], out_dir: Path) -> tuple[list[Figure
             if not rows:
                 notes.append(f"{what} skipped: no row has a finished run in every cell yet.")
                 continue
+            if t.spec.measured:  # ranked as in the table
+                rows.sort(key=lambda r: -block.ma[r[0]].last)
             try:
                 name = f"ma_{t.spec.id}_{bi}_{block.spec.label.lower().replace(' ', '_').replace(',', '')}.png"
-                _ma_chart(t, bi, rows, out_dir, name)
+                bottom = _ma_chart(t, bi, rows, out_dir, name)
             except Exception as err:  # noqa: BLE001 - a figure never stops the report
                 notes.append(f"{what} failed: {type(err).__name__}: {err}")
                 continue
             short = t.spec.title.split(":")[0]
+            axis = (f"the y axis starts at {bottom:g}%, not 0 (cut, marked by the break on the axis)" if bottom > 0
+                    else "the y axis starts at 0")
+            paper = "; black ticks: the paper's MA" if t.paper else ""
             figs.append(Figure(name[:-4], f"MA per method: {short}, {block.spec.label}", name,
                                f"MA per method on the {block.spec.label} grid of {short} (best and last epoch, "
-                               "± std over seeds with every cell; black ticks: the paper's MA)."))
+                               f"± std over seeds with every cell{paper}); {axis}.",
+                               t.spec.id if t.spec.measured else None))
     return figs, notes
 
 
-def _ma_chart(t: TableResult, bi: int, rows: list[tuple[int, Any]], out_dir: Path, name: str) -> None:
+def _axis_bottom(lows: Sequence[float]) -> float:
+    """0, unless every value is above 40%: then a multiple of 10 at least 10 points below the lowest."""
+    low = min(lows)
+    return 0.0 if low < 40 else float(10 * np.floor((low - 10) / 10))
+
+
+def _mark_cut(ax: plt.Axes, bottom: float) -> None:
+    """A break mark (//) on the y axis near its bottom, and the cut named in the axis label."""
+    kw = dict(transform=ax.transAxes, color="black", clip_on=False, linewidth=1)
+    for dy in (0.0, 0.025):
+        ax.plot([-0.015, 0.015], [0.015 + dy, 0.04 + dy], **kw)
+    ax.set_ylabel(f"MA (%), axis cut at {bottom:g}")
+
+
+def _ma_chart(t: TableResult, bi: int, rows: list[tuple[int, Any]], out_dir: Path, name: str) -> float:
+    """Draw the chart; returns where its y axis starts (0 or a marked cut)."""
     block = t.blocks[bi]
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(rows) + 2), 3.6))
@@ -276,14 +302,19 @@ def _ma_chart(t: TableResult, bi: int, rows: list[tuple[int, Any]], out_dir: Pat
     for n, (i, p) in enumerate([(i, p) for i, p in paper if p is not None]):
         ax.plot([i - 0.4, i + 0.4], [p, p], color="black", linewidth=2, label="paper" if n == 0 else None)
     lows = [min(block.ma[ri].best, block.ma[ri].last) for ri, _ in rows]
-    ax.set_ylim(max(0.0, min(lows) - 10), 100)
+    lows += [p for _, p in paper if p is not None]
+    bottom = _axis_bottom(lows)
+    ax.set_ylim(bottom, 100)
     ax.set_xticks(x)
     ax.set_xticklabels([r.label for _, r in rows], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("MA (%)")
+    if bottom > 0:
+        _mark_cut(ax, bottom)
     ax.set_title(f"{t.spec.title.split(':')[0]}: MA on the {block.spec.label} grid")
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     _save(fig, out_dir, name)
+    return bottom
 
 
 PAPER_FIGURES: tuple[tuple[str, str, Callable[[Runs, Path], tuple[str, str]]], ...] = (
@@ -301,11 +332,34 @@ def make_figures(runs: Runs, tables: Sequence[TableResult], out_dir: Path, rel: 
             old.unlink()
     result = Figures()
     figs, notes = ma_charts(tables, out_dir)
-    result.figures += [Figure(f.key, f.title, f"{rel}/{f.file}", f.caption) for f in figs]
+    result.figures += [Figure(f.key, f.title, f"{rel}/{f.file}", f.caption, f.scope) for f in figs]
     result.notes += notes
+    measured = [t for t in tables if t.spec.measured]
+    in_measured = {p for t in measured for p in t.runs["path"]}
+    for t in measured:
+        short = t.spec.title.split(":")[0]
+        sub = subset(runs, set(t.runs["path"]))
+        if not (sub.frame["status"] == "done").any():
+            result.notes.append(f"Fig. 1, 5 and 6 of {short} skipped: no finished run yet.")
+            continue
+        _paper_figures(result, sub, out_dir, rel, f"_{t.spec.id}", short, t.spec.id)
+    rest = subset(runs, set(runs.frame["path"]) - in_measured)
+    _paper_figures(result, rest, out_dir, rel, "", None, None)
+    return result
+
+
+def subset(runs: Runs, paths: set[str]) -> Runs:
+    """The runs whose path is in ``paths`` (records shared, not copied)."""
+    return Runs(runs.root, runs.frame[runs.frame["path"].isin(paths)], runs.records, [])
+
+
+def _paper_figures(result: Figures, runs: Runs, out_dir: Path, rel: str, suffix: str, label: str | None,
+                   scope: str | None) -> None:
     for key, title, fn in PAPER_FIGURES:
+        if label is not None:
+            title = title.replace(":", f" ({label}):", 1)
         try:
-            name, caption = fn(runs, out_dir)
+            name, caption = fn(runs, out_dir, suffix)
         except SkipFigure as err:
             result.notes.append(f"{title} skipped: {err}.")
             continue
@@ -313,5 +367,4 @@ def make_figures(runs: Runs, tables: Sequence[TableResult], out_dir: Path, rel: 
             plt.close("all")
             result.notes.append(f"{title} failed: {type(err).__name__}: {err}.")
             continue
-        result.figures.append(Figure(key, title, f"{rel}/{name}", caption))
-    return result
+        result.figures.append(Figure(key, title, f"{rel}/{name}", caption, scope))

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from leaderboard.aggregate import TableResult, build_tables
-from leaderboard.figures import Figures, make_figures
+from leaderboard.figures import Figure, Figures, make_figures
 from leaderboard.load import Runs, load_runs
 from leaderboard.spec import Specs, load_specs
 from leaderboard.tables import (
@@ -22,6 +22,8 @@ from leaderboard.tables import (
     REPORTED_ONLY,
     UNOFFICIAL,
     RenderContext,
+    interval_text,
+    ranked_rows,
     render_table,
     slug,
 )
@@ -85,6 +87,63 @@ def _delta(value: float | None, paper: float | None) -> float | None:
     return None if value is None or paper is None else _r(value - paper)
 
 
+# measured tables only: 95% bootstrap intervals of the last-epoch mean (MA: stratified by cell) and the
+# paired difference to CE (leaderboard.stats)
+INTERVAL_COLUMNS = ["top1_last_ci_low", "top1_last_ci_high", "delta_ce_last", "delta_ce_ci_low", "delta_ce_ci_high",
+                    "delta_ce_n"]
+
+
+def interval_columns(t: TableResult, bi: int, ri: int, ci: int | None) -> dict[str, Any]:
+    if not t.stats:
+        return {}
+    st = t.stats[bi]
+    iv = st.ma.get(ri) if ci is None else st.cell.get((ri, ci))
+    d = st.ma_delta.get(ri) if ci is None else st.cell_delta.get((ri, ci))
+    out: dict[str, Any] = {}
+    if iv is not None:
+        out.update(top1_last_ci_low=_r(iv.low), top1_last_ci_high=_r(iv.high))
+    if d is not None:
+        out.update(delta_ce_last=_r(d.estimate), delta_ce_ci_low=_r(d.low), delta_ce_ci_high=_r(d.high),
+                   delta_ce_n=d.n)
+    return out
+
+
+def document_order(tables: list[TableResult]) -> list[TableResult]:
+    """Measured tables first (in tables.yaml order), then the paper's."""
+    return [t for t in tables if t.spec.measured] + [t for t in tables if not t.spec.measured]
+
+
+def summary_lines(tables: list[TableResult]) -> list[str]:
+    """One line per measured table (its leader by MA last, with the interval), one for the paper's tables."""
+    out = []
+    for t in tables:
+        if not t.spec.measured:
+            continue
+        link = f"[{t.spec.title.split(':')[0]}](#{slug(t.spec.title)})"
+        for bi, block in enumerate(t.blocks):
+            order, _ = ranked_rows(t, bi)
+            ranked = [ri for ri in order if block.ma[ri].complete]
+            n_runs = int((block.runs["status"] == "done").sum()) if len(block.runs) else 0
+            name = f" ({block.spec.label})" if len(t.blocks) > 1 else ""
+            if not ranked:
+                out.append(f"{link}{name}: {'no runs yet' if not n_runs else 'no method has every cell yet'} "
+                           f"({n_runs} finished runs).")
+                continue
+            top = ranked[0]
+            iv = t.stats[bi].ma.get(top) if t.stats else None
+            ci = f" {interval_text(iv)}" if iv is not None else ""
+            out.append(f"{link}{name}: {len(ranked)} methods × {len(block.spec.columns)} cells, {n_runs} finished runs; "
+                       f"best MA (last epoch): **{t.rows[top].label}** {block.ma[top].last:.2f}{ci}, "
+                       f"n = {block.ma[top].n_seeds} seeds.")
+    paper = [t for t in tables if not t.spec.measured]
+    if paper:
+        cells = [c for t in paper for b in t.blocks for (ri, _), c in b.cells.items() if not t.rows[ri].reported_only]
+        ran = sum(bool(len(c.runs)) for c in cells)
+        out.append(f"The paper's Tables 1–10: {ran} of {len(cells)} reproducible cells have runs; the others say "
+                   f"*{NOT_RUN}*.")
+    return out
+
+
 def cells_frame(tables: list[TableResult]) -> pd.DataFrame:
     """One row per table slot: every cell, every MA, every reported-only paper number."""
     out: list[dict[str, Any]] = []
@@ -102,6 +161,7 @@ def cells_frame(tables: list[TableResult]) -> pd.DataFrame:
                         if paper is not None and ci is not None:
                             out.append({**entry, "status": REPORTED_ONLY})
                         continue
+                    entry.update(interval_columns(t, bi, ri, ci))
                     if ci is None:
                         ma = block.ma[ri]
                         status = NOT_RUN if not ma.any_runs else ("complete" if ma.complete else
@@ -124,8 +184,8 @@ def cells_frame(tables: list[TableResult]) -> pd.DataFrame:
                                 "split_sha256": " ".join(h[:12] for h in c.split_hashes),
                                 "config_hash": " ".join(h[:12] for h in c.config_hashes)})
     columns = ["table", "block", "row", "column", "status", "n_finished", "n_failed", "seeds", "top1_best_mean",
-               "top1_best_std", "top1_last_mean", "top1_last_std", "paper", "delta_best", "dirty_runs",
-               "unofficial_runs", "hardware_stacks", "split_sha256", "config_hash"]
+               "top1_best_std", "top1_last_mean", "top1_last_std", "paper", "delta_best", *INTERVAL_COLUMNS,
+               "dirty_runs", "unofficial_runs", "hardware_stacks", "split_sha256", "config_hash"]
     return pd.DataFrame(out, columns=columns).convert_dtypes()
 
 
@@ -144,6 +204,10 @@ LEGEND = [
     "torch, MKL, oneDNN, CUDA or cuDNN version, threads); they agree statistically, not bit for bit (README, "
     "Reproducibility), and are averaged; the table's notes list the stacks.",
     f"*{REPORTED_ONLY}*: the paper's number for a method this benchmark does not run. *{NOT_RUN}*: no run record.",
+    "Measured suites (first): methods ranked by MA (last epoch), the best in bold, with a 95% bootstrap interval "
+    "over seeds and the paired difference to CE per cell (▲/▼: its interval excludes 0); the note under each "
+    "table says how the intervals are made and what they mean with 3 seeds. Tables wider than a screen are "
+    "stacked in parts.",
 ]
 
 
@@ -179,11 +243,12 @@ def render_document(runs: Runs, tables: list[TableResult], specs: Specs, figures
         f"Regenerate with `{options.command}`. Generated {generated} from the run records under "
         f"`{results_label}`: {n_done} finished runs, {n_failed} failed, {len(runs.problems)} record file(s) skipped. "
         f"Paper numbers: {specs.paper_source}.",
+        "Summary:\n\n" + "\n".join(f"- {line}" for line in summary_lines(tables)),
+        "Contents: " + " · ".join(f"[{t.spec.title.split(':')[0]}](#{slug(t.spec.title)})" for t in tables)
+        + (" · [Figures](#figures)" if figures is not None else ""),
         "How to read the tables:\n\n" + "\n".join(f"- {line}" for line in LEGEND),
         f"Machine-readable twins: [{RUNS_CSV}]({RUNS_CSV}) (one row per run, with the tables that use it) and "
         f"[{CELLS_CSV}]({CELLS_CSV}) (one row per table cell).",
-        "Contents: " + " · ".join(f"[{t.spec.title.split(':')[0]}](#{slug(t.spec.title)})" for t in tables)
-        + (" · [Figures](#figures)" if figures is not None else ""),
     ]
     if runs.problems:
         parts.append("## Skipped record files\n\nThese files could not be read as run records and were left out:\n\n"
@@ -197,15 +262,23 @@ def render_document(runs: Runs, tables: list[TableResult], specs: Specs, figures
                      "(other protocols, smoke runs, methods a table does not show); they are in "
                      f"[{RUNS_CSV}]({RUNS_CSV}) with an empty `tables` column. By suite / dataset / backbone: "
                      + ", ".join(f"{k} ×{n}" for k, n in sorted(groups.items())) + ".")
-    parts += [render_table(t, ctx).rstrip("\n") for t in tables]
+    for t in tables:
+        parts.append(render_table(t, ctx).rstrip("\n"))
+        if figures is not None:  # a measured table's figures follow it
+            parts += [figure_text(f) for f in figures.figures if f.scope == t.spec.id]
     if figures is not None:
         fig_parts = ["## Figures"]
         for f in figures.figures:
-            fig_parts.append(f"### {f.title}\n\n![{f.title}]({f.file})\n\n{f.caption}")
+            if f.scope is None:
+                fig_parts.append(figure_text(f))
         if figures.notes:
             fig_parts.append("Skipped figures:\n\n" + "\n".join(f"- {n}" for n in figures.notes))
         parts.append("\n\n".join(fig_parts))
     return "\n\n".join(parts) + "\n"
+
+
+def figure_text(f: Figure) -> str:
+    return f"### {f.title}\n\n![{f.title}]({f.file})\n\n{f.caption}"
 
 
 def build_report(results_dir: Path, output: Path, options: ReportOptions | None = None,
@@ -214,7 +287,7 @@ def build_report(results_dir: Path, output: Path, options: ReportOptions | None 
     options = options or ReportOptions()
     specs = specs or load_specs()
     runs = load_runs(Path(results_dir))
-    tables = build_tables(specs, runs)
+    tables = document_order(build_tables(specs, runs))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     figures = make_figures(runs, tables, output.parent / FIGURES_DIR, FIGURES_DIR) if options.figures else None

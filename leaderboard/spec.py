@@ -93,6 +93,7 @@ class TableSpec:
     ma: bool = False  # cells layout: add MA columns
     ma_chart: bool = False
     row_header: str = "Method"
+    measured: bool = False  # a suite of this benchmark: shown first, ranked by MA, with bootstrap intervals
 
     @property
     def method_rows(self) -> bool:
@@ -177,7 +178,8 @@ def _table(raw: Mapping[str, Any], methods: Mapping[str, str]) -> TableSpec:
     )
     return TableSpec(raw["id"], raw["title"], raw["layout"], tuple(raw.get("suites") or ()), rows, blocks,
                      raw.get("paper"), dict(raw.get("paper_rows") or {}), bool(raw.get("ma", False)),
-                     bool(raw.get("ma_chart", False)), raw.get("row_header", "Method"))
+                     bool(raw.get("ma_chart", False)), raw.get("row_header", "Method"),
+                     measured=bool(raw.get("measured", False)))
 
 
 def load_specs(tables_file: Path = TABLES_FILE, paper_file: Path = PAPER_FILE) -> Specs:

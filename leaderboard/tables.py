@@ -17,10 +17,13 @@ from tabulate import tabulate
 from leaderboard.aggregate import BlockResult, CellStats, ExtraStats, MAStats, TableResult, split_consistency
 from leaderboard.load import Runs
 from leaderboard.spec import BlockSpec, Specs, match_label
+from leaderboard.stats import METHOD_NOTE, BlockStats, Interval
 
 DIRTY, UNOFFICIAL, FLAG, MIXED_HW = "†", "‡", "⚠", "§"
 NOT_RUN = "not run yet"
 REPORTED_ONLY = "reported only"
+MEASURED_METRIC = ("top-1 % on the clean test set, mean ± std over seeds (n runs); **last epoch is the honest "
+                   "headline** (methods ranked by its MA); the best epoch (selected on the test set) is shown beside.")
 METRIC = ("top-1 % on the clean test set, mean ± std over seeds (n runs); **last epoch is the honest "
           "headline**; the best epoch is compared with the paper (Δ = best − paper).")
 
@@ -95,6 +98,49 @@ def _md(rows: list[list[str]], headers: list[str]) -> str:
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
+MAX_VALUE_COLUMNS = 8  # value columns (beside the row labels) in one markdown table
+
+
+def _pack(groups: list[int], limit: int) -> list[list[int]]:
+    """Greedy contiguous packing of column groups (sizes) into blocks of at most ``limit`` columns."""
+    blocks: list[list[int]] = [[]]
+    width = 0
+    for gi, size in enumerate(groups):
+        if blocks[-1] and width + size > limit:
+            blocks.append([])
+            width = 0
+        blocks[-1].append(gi)
+        width += size
+    return blocks
+
+
+def stacked(rows: list[list[str]], headers: list[str], groups: list[int] | None = None, labels: int = 1) -> str:
+    """A table too wide for a screen as stacked tables of at most MAX_VALUE_COLUMNS value columns each.
+
+    The first ``labels`` columns (the row labels) repeat in every block; ``groups`` are the sizes of
+    the value-column groups kept together (e.g. best | paper | Δ | last of one cell); default: one each.
+    Blocks are balanced (18 columns -> 6 + 6 + 6, not 8 + 8 + 2).
+    """
+    n_values = len(headers) - labels
+    groups = groups if groups is not None else [1] * n_values
+    assert sum(groups) == n_values, (groups, n_values)
+    if n_values <= MAX_VALUE_COLUMNS:
+        return _md(rows, headers)
+    n_blocks = len(_pack(groups, MAX_VALUE_COLUMNS))
+    limit = max(max(groups), -(-n_values // n_blocks))
+    packed = _pack(groups, limit)
+    if len(packed) > n_blocks:
+        packed = _pack(groups, MAX_VALUE_COLUMNS)
+    starts = [labels + sum(groups[:gi]) for gi in range(len(groups))]
+    out = []
+    for bi, block in enumerate(packed):
+        cols = list(range(labels)) + [c for gi in block for c in range(starts[gi], starts[gi] + groups[gi])]
+        first, last = headers[starts[block[0]]], headers[starts[block[-1]] + groups[block[-1]] - 1]
+        out.append(f"*Part {bi + 1} of {len(packed)} ({first} … {last}):*\n\n"
+                   + _md([[r[c] for c in cols] for r in rows], [headers[c] for c in cols]))
+    return "\n\n".join(out)
+
+
 def _short_list(items: Iterable[str], limit: int = 8, what: str = "") -> str:
     items = list(items)
     shown = ", ".join(items[:limit])
@@ -147,7 +193,7 @@ def header_lines(result: TableResult, ctx: RenderContext) -> list[str]:
     for block in result.blocks:
         label = f" ({block.spec.label})" if len(result.blocks) > 1 else ""
         lines.append(f"- **Protocol{label}:** {protocol_text(block.spec, block.runs)}.")
-    lines.append(f"- **Metric:** {METRIC}")
+    lines.append(f"- **Metric:** {METRIC if spec.paper else MEASURED_METRIC}")
     if not len(runs):
         missing = [s for s in spec.suites if ctx.available_suites is not None and s not in ctx.available_suites]
         how = ", ".join(f"`curvebench {s}`" for s in spec.suites if s not in missing)
@@ -202,6 +248,7 @@ def cells_table(result: TableResult) -> str:
         if result.spec.ma:
             name = f"{block.spec.label} MA" if multi else "MA"
             headers += [f"{name} best"] + (["paper", "Δ"] if paper else []) + [f"{name} last"]
+    group = 4 if paper else 2  # one cell's columns stay in one block
     rows = []
     for ri, row in enumerate(result.rows):
         line = [row.label]
@@ -218,18 +265,21 @@ def cells_table(result: TableResult) -> str:
                 ma = block.ma[ri]
                 line += [ma_best_text(ma)] + ([num(p), delta(ma.best, p)] if paper else []) + [ma_last_text(ma)]
         rows.append(line)
-    return _md(rows, headers)
+    return stacked(rows, headers, [group] * ((len(headers) - 1) // group))
 
 
 def ma_table(result: TableResult) -> str:
     """Layout ``ma``: per block MA best | paper | Δ | MA last (+ extras | paper)."""
     paper = _has_paper(result)
     headers = [result.spec.row_header]
+    groups = []
     for block in result.blocks:
         name = block.spec.label
         headers += [f"{name} MA best"] + (["paper", "Δ"] if paper else []) + [f"{name} MA last"]
+        groups.append(4 if paper else 2)
         for extra in block.spec.extras:
             headers += [extra.label] + (["paper"] if paper else [])
+            groups.append(2 if paper else 1)
     rows = []
     for ri, row in enumerate(result.rows):
         line = [row.label]
@@ -244,7 +294,7 @@ def ma_table(result: TableResult) -> str:
                 stats = block.extras[(ri, ei)]
                 line += [extra_text(stats)] + ([num(result.extras_paper.get((bi, ri, ei)))] if paper else [])
         rows.append(line)
-    return _md(rows, headers)
+    return stacked(rows, headers, groups)
 
 
 def cell_grids(result: TableResult, block: BlockResult) -> list[str]:
@@ -258,7 +308,142 @@ def cell_grids(result: TableResult, block: BlockResult) -> list[str]:
     for name, fn in (("best epoch", best_text), ("last epoch", last_text)):
         rows = [[result.rows[ri].label] + [(fn(block.cells[(ri, ci)]) if len(block.cells[(ri, ci)].runs) else "")
                                            or "—" for ci in range(len(block.spec.columns))] for ri in ris]
-        out.append(f"*{block.spec.label}, per cell, {name} (—: no usable run):*\n\n" + _md(rows, headers))
+        out.append(f"*{block.spec.label}, per cell, {name} (—: no usable run):*\n\n" + stacked(rows, headers))
+    return out
+
+
+# -- measured tables (ranked by MA, with bootstrap intervals) ------------------------------------
+def ranked_rows(result: TableResult, bi: int) -> tuple[list[int], list[int]]:
+    """(rows with runs: complete MA by MA last descending, then the others in spec order; rows without runs)."""
+    block = result.blocks[bi]
+    ncol = len(block.spec.columns)
+    shown = [ri for ri, row in enumerate(result.rows)
+             if not row.reported_only and any(len(block.cells[(ri, ci)].runs) for ci in range(ncol))]
+    complete = sorted((ri for ri in shown if block.ma[ri].complete), key=lambda ri: (-block.ma[ri].last, ri))
+    rest = [ri for ri in shown if ri not in complete]
+    unrun = [ri for ri, row in enumerate(result.rows) if not row.reported_only and ri not in shown]
+    return complete + rest, unrun
+
+
+def _bold(text: str, on: bool) -> str:
+    return f"**{text}**" if on and text else text
+
+
+def _best(values: dict[int, float | None]) -> set[int]:
+    """Keys whose value is the largest at the shown precision (ties all bold)."""
+    shown = {k: round(v, 2) for k, v in values.items() if v is not None}
+    top = max(shown.values(), default=None)
+    return {k for k, v in shown.items() if v == top}
+
+
+def _stat_text(mean: float | None, std: float | None, n: int, bold: bool) -> str:
+    return _bold(mean_std(mean, std), bold) + f" (n={n})" if mean is not None else ""
+
+
+def measured_cell_text(cell: CellStats, which: str, bold: bool = False) -> str:
+    """One cell of a measured table: mean ± std (n) of the ``best`` or ``last`` epoch, or why not."""
+    if not len(cell.runs):
+        return NOT_RUN
+    if cell.flag:
+        text = f"{FLAG} flagged (n={cell.n_done})"
+    elif cell.n_done == 0:
+        text = f"failed (n={cell.n_failed})"
+    else:
+        text = _stat_text(getattr(cell, f"{which}_mean"), getattr(cell, f"{which}_std"), cell.n_done, bold)
+    if cell.n_failed and cell.n_done:
+        text += f" + {cell.n_failed} failed"
+    return text + markers(cell)
+
+
+def interval_text(iv: Interval | None, signed: bool = False) -> str:
+    """``[low, high]``; signed (a difference): ``+estimate [low, high]`` and ▲/▼ where it excludes 0."""
+    if iv is None:
+        return ""
+    if not signed:
+        return f"[{iv.low:.2f}, {iv.high:.2f}]"
+    return f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]" + (f" {iv.marker}" if iv.marker else "")
+
+
+def ranking_table(result: TableResult, bi: int, order: list[int]) -> str:
+    block, stats = result.blocks[bi], result.stats[bi]
+    best_last = _best({ri: block.ma[ri].last for ri in order})
+    best_best = _best({ri: block.ma[ri].best for ri in order})
+    headers = ["#", result.spec.row_header, "MA last (n seeds)", "95% CI", "MA best (n seeds)"]
+    if stats.reference is not None:
+        headers.append(f"MA − {result.rows[stats.reference].label} [95% CI]")
+    rows = []
+    for rank, ri in enumerate(order, 1):
+        ma = block.ma[ri]
+        if ma.complete:
+            line = [str(rank), _bold(result.rows[ri].label, ri in best_last),
+                    _stat_text(ma.last, ma.last_std, ma.n_seeds, ri in best_last),
+                    interval_text(stats.ma.get(ri)) or "n < 2",
+                    _stat_text(ma.best, ma.best_std, ma.n_seeds, ri in best_best)]
+        else:
+            line = ["–", result.rows[ri].label, ma_best_text(ma), "", ""]
+        if stats.reference is not None:
+            line.append("reference" if ri == stats.reference else interval_text(stats.ma_delta.get(ri), signed=True))
+        rows.append(line)
+    return _md(rows, headers)
+
+
+def per_cell_table(result: TableResult, bi: int, order: list[int], which: str) -> str:
+    block = result.blocks[bi]
+    ncol = len(block.spec.columns)
+    best = [_best({ri: getattr(block.cells[(ri, ci)], f"{which}_mean") for ri in order}) for ci in range(ncol)]
+    headers = [result.spec.row_header] + [c.label for c in block.spec.columns]
+    rows = [[result.rows[ri].label] + [measured_cell_text(block.cells[(ri, ci)], which, ri in best[ci])
+                                       for ci in range(ncol)] for ri in order]
+    return stacked(rows, headers)
+
+
+def delta_table(result: TableResult, bi: int, order: list[int]) -> str:
+    block, stats = result.blocks[bi], result.stats[bi]
+    ncol = len(block.spec.columns)
+    headers = [result.spec.row_header] + [c.label for c in block.spec.columns]
+    rows = []
+    for ri in order:
+        if ri == stats.reference:
+            continue
+        line = [result.rows[ri].label]
+        for ci in range(ncol):
+            iv, cell = stats.cell_delta.get((ri, ci)), block.cells[(ri, ci)]
+            text = interval_text(iv, signed=True) or "—"
+            if iv is not None and iv.n != cell.n_done:
+                text += f" (n={iv.n})"
+            line.append(text)
+        rows.append(line)
+    return stacked(rows, headers)
+
+
+def measured_tables(result: TableResult) -> list[str]:
+    """A measured table: ranking by MA, last and best epoch per cell, paired differences to CE."""
+    out = []
+    multi = len(result.blocks) > 1
+    any_runs = False
+    for bi, block in enumerate(result.blocks):
+        name = f"{block.spec.label}: " if multi else ""
+        order, unrun = ranked_rows(result, bi)
+        ncol = len(block.spec.columns)
+        if not order:
+            out.append(f"*{name}no runs yet.*")
+            continue
+        any_runs = True
+        stats: BlockStats = result.stats[bi]
+        out.append(f"**{name}Ranking by MA** (mean over the {ncol} cells of the per-cell mean, last epoch; "
+                   "best in bold; n = seeds with every cell):\n\n" + ranking_table(result, bi, order))
+        out.append(f"**{name}Last epoch per cell** (the headline; mean ± std over seeds, n runs; best per column "
+                   "in bold):\n\n" + per_cell_table(result, bi, order, "last"))
+        out.append(f"**{name}Best epoch per cell** (test-set selected, as the paper most likely reports):\n\n"
+                   + per_cell_table(result, bi, order, "best"))
+        if stats.reference is not None and any(ri != stats.reference for ri in order):
+            ref = result.rows[stats.reference].label
+            out.append(f"**{name}Difference to {ref} per cell** (last epoch, method − {ref} on the same seed; "
+                       "mean [95% CI]; ▲/▼: the interval excludes 0):\n\n" + delta_table(result, bi, order))
+        if unrun:
+            out.append(f"Not run yet: {', '.join(result.rows[ri].label for ri in unrun)}.")
+    if any_runs:
+        out.append(METHOD_NOTE)
     return out
 
 
@@ -314,7 +499,9 @@ def mixed_hardware_note(stacks: dict[str, tuple[int, ...]]) -> str:
 def render_table(result: TableResult, ctx: RenderContext) -> str:
     spec = result.spec
     parts = [f"## {spec.title}", "\n".join(header_lines(result, ctx))]
-    if spec.layout == "ma":
+    if spec.measured:
+        parts += measured_tables(result)
+    elif spec.layout == "ma":
         parts.append(ma_table(result))
         for block in result.blocks:
             parts += cell_grids(result, block)

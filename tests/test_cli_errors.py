@@ -210,10 +210,10 @@ def test_published_leaderboard_is_current_and_check_sees_changes(tmp_path, monke
     assert "is current" in capsys.readouterr().out
     assert {p: p.read_bytes() for p in before} == before  # --check writes nothing
     (copy / "cells.csv").write_text((copy / "cells.csv").read_text() + "x\n")
-    (copy / "figures" / "fig5_weights.png").unlink()
+    (copy / "figures" / "fig5_weights_digits.png").unlink()
     assert main(check) == 1
     err = capsys.readouterr().err
-    assert "cells.csv" in err and "fig5_weights.png (missing)" in err and "LEADERBOARD.md," not in err
+    assert "cells.csv" in err and "fig5_weights_digits.png (missing)" in err and "LEADERBOARD.md," not in err
 
 
 def test_rebuilds_are_byte_identical_and_dated_by_the_records(tmp_path, monkeypatch):

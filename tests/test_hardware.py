@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,8 @@ def test_mixed_gpus_are_marked(tmp_path):
 
 def test_snapshot_marks_the_fixture_cells_that_mix_stacks():
     md = (fx.EXPECTED / "LEADERBOARD.md").read_text()
-    assert f"| 94.58 ± 0.94 (n=3) {MIXED_HW} |" in md  # CE, IF 1, p 0: one record with the stack fields
+    # CE, IF 1, p 0: one record with the stack fields (measured tables pad their cells)
+    assert re.search(rf"\| 94\.58 ± 0\.94 \(n=3\) {MIXED_HW} +\|", md)
     assert (f"{MIXED_HW} CurveNet (Ours) · IF 1, p 0: runs from 2 hardware/software stacks (all cpu · torch 2.5.1+cpu"
             in md)
     assert "Fixture CPU 7000 · AVX2 (seed 3); Fixture CPU 9000 · AVX512+AMX (seeds 1, 2)" in md
