@@ -1,5 +1,5 @@
 """Dynamic Loss (Jiang et al., "Dynamic Loss For Robust Learning", IEEE TPAMI 2023, arXiv 2211.12506;
-official code jiangwenj02/dynamic_loss, mmcls-based), methods.md §12.
+official code jiangwenj02/dynamic_loss, mmcls-based), docs/methods.md §12.
 
 A meta-learned label corrector (LC) and margin generator (MG), trained on a pseudo-meta set that
 hierarchical sampling (HS) draws from the noisy training data every epoch.
@@ -30,7 +30,7 @@ hierarchical sampling (HS) draws from the noisy training data every epoch.
 - After each meta epoch, one fine-tuning pass over the epoch's pseudo-meta set: training view,
   observed one-hot labels, logits + m (m without gradient).
 
-[DECISION] No clean meta set by default (methods.md §12 [DECISION] (a), what the official code does):
+[DECISION] No clean meta set by default (docs/methods.md §12.7, option (a), what the official code does):
 ``needs_meta = uses_clean_meta = False``. ``union_clean_meta: true`` adds the split's clean meta set
 to every epoch's pseudo-meta set (option (b); then the method uses clean meta data).
 

@@ -1,5 +1,5 @@
 """Meta-Weight-Net (Shu et al., "Meta-Weight-Net: Learning an Explicit Mapping for Sample Weighting",
-NeurIPS 2019) in its two official variants, sharing one implementation (methods.md §9, §10).
+NeurIPS 2019) in its two official variants, sharing one implementation (docs/methods.md §9, §10).
 
 Every iteration (the meta step runs every iteration, as in both official codes):
 
@@ -27,7 +27,7 @@ not ``cost_v.data``), so the virtual gradient also flows through V's input; V tr
 
 [DECISION] Recipe: the harmonised one (recipe/harmonised.yaml: ResNet-32, batch 128, 200 epochs,
 SGD 0.1 Nesterov, wd 5e-4, 5-epoch warm-up, x0.1 at 80 and 100) for both variants, as for every
-method (methods.md §9 [DECISION], §16 D4). The official recipes differ: MW-Net(noise) trains 120
+method (docs/methods.md §9, §16.4). The official recipes differ: MW-Net(noise) trains 120
 epochs, batch 100, SGD momentum 0.9 without Nesterov, decays at 80/100; MW-Net(imb) 100 epochs,
 batch 100, Nesterov, decays at 80/90. The meta batch size is the training batch size (100 in both
 official codes, 128 here).
@@ -35,7 +35,7 @@ official codes, 128 here).
 [DECISION] MW-Net(imb) meta set: ``meta_per_class: 10`` (the official ``num_meta = 10`` per class)
 taken as ``ctx.meta.per_class(10)``, the first 10 images of each class of the split's shared meta set,
 so that the split (and every other method's training set) stays identical. ``meta_per_class: null``
-uses the whole shared CurveNet meta set instead (methods.md §10 recommends it, so that all meta methods
+uses the whole shared CurveNet meta set instead (docs/methods.md §10, so that all meta methods
 see identical meta data). For CIFAR-100 (10 per class in the shared set) both settings coincide.
 
 Deviations from the official codes:
