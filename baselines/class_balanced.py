@@ -55,8 +55,7 @@ def cb_focal_loss(logits: torch.Tensor, target: torch.Tensor, class_weights: tor
 
 @register_method("cb")
 class ClassBalanced(Method):
-    """Class-Balanced loss (Cui et al., CVPR 2019; docs/methods.md §5). Class weights from the effective
-    number of samples, w_c = (1 - beta) / (1 - beta^{n_c}) normalised to sum to K, beta = 0.9999,
+    """Class-Balanced loss (docs/methods.md §5): the module's class weights with beta = 0.9999,
     computed once from the observed class counts (``ctx.class_counts``) and used from the first epoch.
 
     ``loss_type``:

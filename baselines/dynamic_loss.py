@@ -184,13 +184,8 @@ def dynamic_meta_loss(fm: FunctionalModel, params: dict[str, torch.Tensor], meta
 
 @register_method("dynamic_loss")
 class DynamicLoss(Method):
-    """Dynamic Loss (Jiang et al., TPAMI 2023, arXiv 2211.12506; jiangwenj02/dynamic_loss): meta-learned
-    label corrector (rank embedding, per-class sigmoid, final bias 3.98, Gumbel hard sample from the
-    weak-view logits) and margin generator (final bias 1, logits + m), hierarchical sampling of a
-    pseudo-meta set from the noisy training data every non-warm-up epoch, LC warm-up, fine-tuning on
-    the pseudo-meta set after each meta epoch. [DECISION] no clean meta set (the official code;
-    ``union_clean_meta`` adds it), harmonised recipe (not AutoAugment/Cutout, batch 512, 325 epochs,
-    cosine). See the module docstring for every decision and deviation."""
+    """Dynamic Loss: the module docstring and docs/methods.md §12 give the method, its decisions and
+    deviations."""
 
     needs_meta = False
     uses_clean_meta = False

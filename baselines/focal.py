@@ -26,9 +26,7 @@ def softmax_focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float,
 
 @register_method("focal")
 class Focal(Method):
-    """Softmax focal loss, FL = (1 - p)^gamma * CE with p = exp(-CE), batch mean; gamma = 1 (the
-    LDAM-DRW script's value). Paper: Lin et al., ICCV 2017; implementation: LDAM-DRW (kaidic/LDAM-DRW,
-    losses.py); docs/methods.md §4.
+    """``softmax_focal_loss`` with ``gamma`` = 1, the LDAM-DRW script's value (docs/methods.md §4).
 
     [DECISION] the softmax form of the LDAM-DRW code with gamma = 1, not RetinaNet's sigmoid focal
     loss with alpha-balancing (gamma 2, alpha 0.25) nor the CB code's sigmoid focal loss (available as

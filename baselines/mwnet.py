@@ -204,11 +204,8 @@ class _MetaWeightNet(Method):
 
 @register_method("mwnet_noise")
 class MetaWeightNetNoise(_MetaWeightNet):
-    """MW-Net, noise variant (Shu et al., NeurIPS 2019; xjtushujun/meta-weight-net MW-Net.py "stable
-    version"): unnormalised weights mean_i V(l_i) l_i, detached V-Net input, Adam (lr 1e-3, wd 1e-4) on
-    V, plain-SGD virtual step at the current lr, cycled meta batches of the training batch size from the
-    whole shared meta set. [DECISION] harmonised recipe (the official one is 120 epochs, batch 100, no
-    Nesterov). See the module docstring for every decision and deviation."""
+    """MW-Net, noise variant (MW-Net.py): the class attributes below; the module docstring and
+    docs/methods.md §9 give the method, its decisions and deviations."""
 
     normalize = False
     detach_input = True
@@ -217,12 +214,8 @@ class MetaWeightNetNoise(_MetaWeightNet):
 
 @register_method("mwnet_imb")
 class MetaWeightNetImbalance(_MetaWeightNet):
-    """MW-Net, class-imbalance variant (Shu et al., NeurIPS 2019; xjtushujun/Meta-weight-net_class-
-    imbalance): weights normalised by their batch sum in the virtual and the real loss, V-Net input with
-    its graph in the virtual step, SGD (lr 1e-5, momentum 0.9, Nesterov, wd 5e-4) on V, a fresh random
-    meta batch each iteration from 10 clean images per class (``ctx.meta.per_class(10)``).
-    [DECISION] harmonised recipe (the official one is 100 epochs, batch 100, decays at 80/90). See the
-    module docstring for every decision and deviation."""
+    """MW-Net, class-imbalance variant (meta-weight-net-class-imbalance.py): the class attributes
+    below; the module docstring and docs/methods.md §10 give the method, its decisions and deviations."""
 
     normalize = True
     detach_input = False
