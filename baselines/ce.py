@@ -7,5 +7,5 @@ from curvenet.engine.method import Method, register_method
 
 @register_method("ce")
 class CrossEntropy(Method):
-    """Plain CE with the recipe's optimiser and schedule (methods.md §3). The base class already
+    """Plain CE with the recipe's optimiser and schedule (docs/methods.md §3). The base class already
     implements it; this class gives it its registry name."""

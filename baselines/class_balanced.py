@@ -1,5 +1,5 @@
 """Class-Balanced loss (Cui et al., "Class-Balanced Loss Based on Effective Number of Samples",
-CVPR 2019), methods.md §5: every sample's loss is weighted by w_{y} = (1 - beta) / (1 - beta^{n_y}),
+CVPR 2019), docs/methods.md §5: every sample's loss is weighted by w_{y} = (1 - beta) / (1 - beta^{n_y}),
 normalised so that the K class weights sum to K, with n_y the observed count of its class.
 """
 
@@ -55,8 +55,7 @@ def cb_focal_loss(logits: torch.Tensor, target: torch.Tensor, class_weights: tor
 
 @register_method("cb")
 class ClassBalanced(Method):
-    """Class-Balanced loss (Cui et al., CVPR 2019; methods.md §5). Class weights from the effective
-    number of samples, w_c = (1 - beta) / (1 - beta^{n_c}) normalised to sum to K, beta = 0.9999,
+    """Class-Balanced loss (docs/methods.md §5): the module's class weights with beta = 0.9999,
     computed once from the observed class counts (``ctx.class_counts``) and used from the first epoch.
 
     ``loss_type``:
@@ -68,8 +67,8 @@ class ClassBalanced(Method):
     - ``focal``: the CB code's sigmoid focal loss with ``gamma`` (1.0 in its scripts), same bias
       init and weight-decay exclusion.
 
-    [DECISION] softmax "Reweight" by default (methods.md §5 recommendation; CurveNet's Table 1 does
-    not say which variant it ran). [DECISION] n_c are the observed (noisy) counts (methods.md D5).
+    [DECISION] softmax "Reweight" by default (docs/methods.md §5; CurveNet's Table 1 does
+    not say which variant it ran). [DECISION] n_c are the observed (noisy) counts (docs/methods.md §16.5).
     Deviations: the harmonised recipe instead of the CB code's (no Nesterov, wd 2e-4, 5-epoch warm-up
     from 0, x0.01 at 160 and x0.0001 at 180, 40x40 pad-crop); the softmax loss is normalised by the
     batch's summed weights (the LDAM-DRW/PyTorch convention) rather than by the batch size (the CB

@@ -3,7 +3,7 @@ re-weighting (DRW), and config checks.
 
 ``class_balanced_weights`` is the one implementation of Cui et al. (2019)'s weights used by
 Class-Balanced loss (``cb``), LDAM-DRW's DRW stage (``ldam_drw``), HAR's optional DRW (``har``) and
-CurveNet's DRW option (methods.md §5, §6, §11, §2.7).
+CurveNet's DRW option (docs/methods.md §5, §6, §11, §2.7).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Co-teaching (Han et al., "Co-teaching: Robust training of deep neural networks with extremely
-noisy labels", NeurIPS 2018; official code bhanML/Co-teaching; methods.md §7)."""
+noisy labels", NeurIPS 2018; official code bhanML/Co-teaching; docs/methods.md §7)."""
 
 from __future__ import annotations
 
@@ -42,16 +42,16 @@ def coteaching_losses(logits1: torch.Tensor, logits2: torch.Tensor, y: torch.Ten
 class CoTeaching(Method):
     """Co-teaching (Han et al., NeurIPS 2018): two networks with different random initialisations;
     in every mini-batch each network keeps the R(T) fraction of samples with the smallest CE under
-    its own predictions, and its peer is updated on them (methods.md §7).
+    its own predictions, and its peer is updated on them (docs/methods.md §7).
 
     Keep rate: R(T) = 1 - min(T/T_k, 1) * tau (paper Eq. / official ``rate_schedule`` with c = 1).
 
-    Privileged knob (methods.md §16 D5): tau = ``method.forget_rate``; null (the default) reads the
+    Privileged knob (docs/methods.md §16.5): tau = ``method.forget_rate``; null (the default) reads the
     nominal noise rate ``split.noise_rate``, as the official code does (``forget_rate=None`` ->
     ``noise_rate``). With p = 0, Co-teaching trains both networks on every sample. The same tau is
     used under class imbalance (selection is class-agnostic, as in the official code).
 
-    [DECISION] Harmonised recipe (methods.md §16 D4): both networks use the recipe's optimiser and
+    [DECISION] Harmonised recipe (docs/methods.md §16.4): both networks use the recipe's optimiser and
     lr schedule (SGD 0.1 Nesterov, wd 5e-4, warm-up, x0.1 at the milestones), the configured model
     (ResNet-32) and the standard crop + flip augmentation, with batches of ``recipe.batch_size``.
     [DECISION] T is the 0-based epoch: the first epoch keeps every sample, tau is reached at T = T_k.

@@ -1,5 +1,5 @@
 """DAL: Dynamics-Aware Loss (Li et al. 2023, "Dynamics-Aware Loss for Learning with Label Noise";
-code XiuchuanLi/DAL), methods.md §13: generalised cross-entropy whose q rises over training from a
+code XiuchuanLi/DAL), docs/methods.md §13: generalised cross-entropy whose q rises over training from a
 CE-like value to an easy-example-emphasising value, plus an entropy (soft bootstrapping) term that
 switches on once q passes 1.
 """
@@ -54,7 +54,7 @@ def dal_loss(logits: torch.Tensor, target: torch.Tensor, q: float, lam: float) -
 
 @register_method("dal")
 class DAL(Method):
-    """DAL (Li et al. 2023; XiuchuanLi/DAL, utils/losses.py and cifar.py; methods.md §13).
+    """DAL (Li et al. 2023; XiuchuanLi/DAL, utils/losses.py and cifar.py; docs/methods.md §13).
 
     At 0-based epoch i of E (E = the recipe's epochs): loss = GCE_{q(i)} + lambda(i) H(p) / (q(i) log K)
     with q(i) = q_s + (q_e - q_s) i / E, t0 = (1 - q_s) E / (q_e - q_s) and

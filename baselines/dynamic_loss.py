@@ -1,5 +1,5 @@
 """Dynamic Loss (Jiang et al., "Dynamic Loss For Robust Learning", IEEE TPAMI 2023, arXiv 2211.12506;
-official code jiangwenj02/dynamic_loss, mmcls-based), methods.md §12.
+official code jiangwenj02/dynamic_loss, mmcls-based), docs/methods.md §12.
 
 A meta-learned label corrector (LC) and margin generator (MG), trained on a pseudo-meta set that
 hierarchical sampling (HS) draws from the noisy training data every epoch.
@@ -36,7 +36,7 @@ Classifier head (``head_init_std``, default 0.01): the official head is mmcls's 
 re-initialised so after it is built (the rest of the backbone keeps the registry's init).
 ``head_init_std: null`` keeps the backbone's own init (this benchmark's behaviour before issue 13).
 
-[DECISION] No clean meta set by default (methods.md §12 [DECISION] (a), what the official code does):
+[DECISION] No clean meta set by default (docs/methods.md §12.7, option (a), what the official code does):
 ``needs_meta = uses_clean_meta = False``. ``union_clean_meta: true`` adds the split's clean meta set
 to every epoch's pseudo-meta set (option (b); then the method uses clean meta data).
 
@@ -205,14 +205,8 @@ def dynamic_meta_loss(fm: FunctionalModel, params: dict[str, torch.Tensor], meta
 
 @register_method("dynamic_loss")
 class DynamicLoss(Method):
-    """Dynamic Loss (Jiang et al., TPAMI 2023, arXiv 2211.12506; jiangwenj02/dynamic_loss): meta-learned
-    label corrector (rank embedding, per-class sigmoid, final bias 3.98, Gumbel hard sample from the
-    weak-view logits) and margin generator (final bias 1, logits + m), hierarchical sampling of a
-    pseudo-meta set from the noisy training data every non-warm-up epoch, LC warm-up, fine-tuning on
-    the pseudo-meta set after each meta epoch, the official head init N(0, 0.01^2) / bias 0.
-    [DECISION] no clean meta set (the official code;
-    ``union_clean_meta`` adds it), harmonised recipe (not AutoAugment/Cutout, batch 512, 325 epochs,
-    cosine). See the module docstring for every decision and deviation."""
+    """Dynamic Loss: the module docstring and docs/methods.md §12 give the method, its decisions and
+    deviations."""
 
     needs_meta = False
     uses_clean_meta = False

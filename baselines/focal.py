@@ -1,6 +1,6 @@
 """Focal loss (Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017), in the softmax form
 of the LDAM-DRW code (Cao et al. 2019, ``losses.FocalLoss``), the most likely implementation behind
-the "Focal" rows of the CurveNet paper (methods.md §4).
+the "Focal" rows of the CurveNet paper (docs/methods.md §4).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def softmax_focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float,
     """Batch mean of FL_i = (1 - p_i)^gamma * CE_i with p_i = exp(-CE_i).
 
     ``weight`` (per class) multiplies CE_i before p_i is taken, as the LDAM-DRW code does; p_i is
-    then not the model's probability (a quirk of that code, methods.md §4). The mean is over the
+    then not the model's probability (a quirk of that code, docs/methods.md §4). The mean is over the
     batch (not over the weights)."""
     ce = F.cross_entropy(logits, target, weight=weight, reduction="none")
     p = torch.exp(-ce)
@@ -26,9 +26,7 @@ def softmax_focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float,
 
 @register_method("focal")
 class Focal(Method):
-    """Softmax focal loss, FL = (1 - p)^gamma * CE with p = exp(-CE), batch mean; gamma = 1 (the
-    LDAM-DRW script's value). Paper: Lin et al., ICCV 2017; implementation: LDAM-DRW (kaidic/LDAM-DRW,
-    losses.py); methods.md §4.
+    """``softmax_focal_loss`` with ``gamma`` = 1, the LDAM-DRW script's value (docs/methods.md §4).
 
     [DECISION] the softmax form of the LDAM-DRW code with gamma = 1, not RetinaNet's sigmoid focal
     loss with alpha-balancing (gamma 2, alpha 0.25) nor the CB code's sigmoid focal loss (available as

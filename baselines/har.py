@@ -1,5 +1,5 @@
 """HAR: Heteroskedastic Adaptive Regularisation (Cao et al., "Heteroskedastic and Imbalanced Deep
-Learning with Adaptive Regularization", ICLR 2021; code kaidic/HAR), methods.md §11.
+Learning with Adaptive Regularization", ICLR 2021; code kaidic/HAR), docs/methods.md §11.
 
 Three steps, all inside one run:
 1. estimation phases: train a network with CE on one half of the training set and measure its
@@ -147,7 +147,7 @@ def scaled_recipe(recipe: Mapping[str, Any], epochs: int) -> dict[str, Any]:
 @register_method("har")
 class HAR(Method):
     """HAR (Cao et al., ICLR 2021; kaidic/HAR: cifar_hetero_est.py, weight_est.py, cifar_train.py;
-    methods.md §11).
+    docs/methods.md §11).
 
     Phases: ``estimate_fold1`` and ``estimate_fold2`` (not final, not evaluated on the test set),
     then ``train`` (final). The training set is cut into two random halves (a permutation drawn

@@ -1,5 +1,5 @@
 """LDAM-DRW (Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss",
-NeurIPS 2019), methods.md §6: a cosine classifier, label-distribution-aware margins subtracted from
+NeurIPS 2019), docs/methods.md §6: a cosine classifier, label-distribution-aware margins subtracted from
 the true-class logit, and deferred re-weighting with class-balanced weights after the first LR decay.
 """
 
@@ -79,7 +79,7 @@ def replace_classifier(model: nn.Module, head: nn.Module) -> None:
 
 @register_method("ldam_drw")
 class LDAMDRW(Method):
-    """LDAM-DRW (Cao et al., NeurIPS 2019; kaidic/LDAM-DRW; methods.md §6).
+    """LDAM-DRW (Cao et al., NeurIPS 2019; kaidic/LDAM-DRW; docs/methods.md §6).
 
     - Model: the configured backbone with its final layer (``model.classifier``) replaced by a cosine
       ``NormedLinear`` (L2-normalised features and class vectors, no bias). It is part of the model,
@@ -91,7 +91,7 @@ class LDAMDRW(Method):
       ``drw_epoch`` null = the recipe's first LR milestone (LDAM: epoch 160 = its first decay;
       harmonised recipe: 80; digits: 18). ``drw: false`` gives plain LDAM.
 
-    [DECISION] n_c are the observed (noisy) class counts (methods.md D5).
+    [DECISION] n_c are the observed (noisy) class counts (docs/methods.md §16.5).
     Deviations: the harmonised recipe (Nesterov, wd 5e-4, decays x0.1 at 80/100) instead of LDAM's
     (no Nesterov, wd 2e-4, x0.01 at 160, x0.0001 at 180), hence DRW from epoch 80 instead of 160;
     the backbone keeps the configured init (CurveNet's for resnet32) instead of LDAM's Kaiming init.

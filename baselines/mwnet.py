@@ -1,5 +1,5 @@
 """Meta-Weight-Net (Shu et al., "Meta-Weight-Net: Learning an Explicit Mapping for Sample Weighting",
-NeurIPS 2019) in its two official variants, sharing one implementation (methods.md §9, §10).
+NeurIPS 2019) in its two official variants, sharing one implementation (docs/methods.md §9, §10).
 
 Every iteration (the meta step runs every iteration, as in both official codes):
 
@@ -34,7 +34,7 @@ no pass to restart and nothing changes at an epoch boundary.
 
 [DECISION] Recipe: the harmonised one (recipe/harmonised.yaml: ResNet-32, batch 128, 200 epochs,
 SGD 0.1 Nesterov, wd 5e-4, 5-epoch warm-up, x0.1 at 80 and 100) for both variants, as for every
-method (methods.md §9 [DECISION], §16 D4). The official recipes differ: MW-Net(noise) trains 120
+method (docs/methods.md §9, §16.4). The official recipes differ: MW-Net(noise) trains 120
 epochs, batch 100, SGD momentum 0.9 without Nesterov, decays at 80/100; MW-Net(imb) 100 epochs,
 batch 100, Nesterov, decays at 80/90. The meta batch size is the training batch size (100 in both
 official codes, 128 here).
@@ -42,7 +42,7 @@ official codes, 128 here).
 [DECISION] MW-Net(imb) meta set: ``meta_per_class: 10`` (the official ``num_meta = 10`` per class)
 taken as ``ctx.meta.per_class(10)``, the first 10 images of each class of the split's shared meta set,
 so that the split (and every other method's training set) stays identical. ``meta_per_class: null``
-uses the whole shared CurveNet meta set instead (methods.md §10 recommends it, so that all meta methods
+uses the whole shared CurveNet meta set instead (docs/methods.md §10, so that all meta methods
 see identical meta data). For CIFAR-100 (10 per class in the shared set) both settings coincide.
 
 Deviations from the official codes:
@@ -215,11 +215,8 @@ class _MetaWeightNet(Method):
 
 @register_method("mwnet_noise")
 class MetaWeightNetNoise(_MetaWeightNet):
-    """MW-Net, noise variant (Shu et al., NeurIPS 2019; xjtushujun/meta-weight-net MW-Net.py "stable
-    version"): unnormalised weights mean_i V(l_i) l_i, detached V-Net input, Adam (lr 1e-3, wd 1e-4) on
-    V, plain-SGD virtual step at the current lr, meta batches of the training batch size from the whole
-    shared meta set, in a shuffled pass restarted at every epoch (MW-Net.py's per-epoch ``iter()``). [DECISION] harmonised recipe (the official one is 120 epochs, batch 100, no
-    Nesterov). See the module docstring for every decision and deviation."""
+    """MW-Net, noise variant (MW-Net.py): the class attributes below; the module docstring and
+    docs/methods.md §9 give the method, its decisions and deviations."""
 
     normalize = False
     detach_input = True
@@ -228,12 +225,8 @@ class MetaWeightNetNoise(_MetaWeightNet):
 
 @register_method("mwnet_imb")
 class MetaWeightNetImbalance(_MetaWeightNet):
-    """MW-Net, class-imbalance variant (Shu et al., NeurIPS 2019; xjtushujun/Meta-weight-net_class-
-    imbalance): weights normalised by their batch sum in the virtual and the real loss, V-Net input with
-    its graph in the virtual step, SGD (lr 1e-5, momentum 0.9, Nesterov, wd 5e-4) on V, a fresh random
-    meta batch each iteration from 10 clean images per class (``ctx.meta.per_class(10)``).
-    [DECISION] harmonised recipe (the official one is 100 epochs, batch 100, decays at 80/90). See the
-    module docstring for every decision and deviation."""
+    """MW-Net, class-imbalance variant (meta-weight-net-class-imbalance.py): the class attributes
+    below; the module docstring and docs/methods.md §10 give the method, its decisions and deviations."""
 
     normalize = True
     detach_input = False

@@ -1,5 +1,5 @@
 """O2U-Net (Huang et al., "O2U-Net: A simple noisy label detection approach for deep neural networks",
-ICCV 2019; official code hjimce/O2U-Net main.py; methods.md §8)."""
+ICCV 2019; official code hjimce/O2U-Net main.py; docs/methods.md §8)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def keep_lowest(score: torch.Tensor, tau: float) -> torch.Tensor:
 class O2UNet(Method):
     """O2U-Net (Huang et al., ICCV 2019): pre-train; then train with a cyclical (sawtooth) learning
     rate, recording each sample's loss every epoch; drop the tau fraction with the highest mean
-    normalised loss; retrain on the rest (methods.md §8). Three phases:
+    normalised loss; retrain on the rest (docs/methods.md §8). Three phases:
 
     1. ``pretrain``: ``pretrain_epochs`` epochs of the recipe (optimiser, batch size, and its lr
        schedule for epochs 0..pretrain_epochs-1) on every sample.
@@ -62,7 +62,7 @@ class O2UNet(Method):
     3. ``retrain`` (final, reported): the full recipe on ``train_subset()`` = the kept samples, the
        int((1 - tau) n) with the lowest mean normalised loss.
 
-    Privileged knob (methods.md §16 D5): tau = ``method.forget_rate``; null (the default) reads the
+    Privileged knob (docs/methods.md §16.5): tau = ``method.forget_rate``; null (the default) reads the
     nominal noise rate ``split.noise_rate``, as the official code does. tau = 0 keeps every sample.
 
     [DECISION] "Normalised per step": a step of the cyclical schedule is an epoch (the lr changes

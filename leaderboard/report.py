@@ -192,7 +192,7 @@ def cells_frame(tables: list[TableResult]) -> pd.DataFrame:
 LEGEND = [
     "Each cell: mean ± sample std (ddof 1) over seeds, n = finished runs. **Last epoch** is the honest headline "
     "(no test-set selection) and has its own column; the **best epoch** is what the paper most likely reports "
-    "(methods.md §1.9), so it is the one compared with the paper's number: Δ = best − paper.",
+    "(docs/methods.md §1.9), so it is the one compared with the paper's number: Δ = best − paper.",
     "MA = unweighted mean over a grid's cells, shown only when every cell has a usable mean; ± std over the seeds "
     "that have every cell. Otherwise the table says how many cells are missing.",
     f"{FLAG} flagged: the cell's runs disagree on the split hash or on the config hash (apart from the seed); the cell "

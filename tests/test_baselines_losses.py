@@ -16,6 +16,7 @@ from baselines.dal import dal_lambda, dal_loss, dal_q, dal_t0, gce_loss, predict
 from baselines.focal import softmax_focal_loss
 from baselines.ldam_drw import NormedLinear, ldam_loss, ldam_margins
 from curvenet.config import compose_config
+from curvenet.engine.data import Batch
 from curvenet.engine.method import METHODS, ConfigError, Phase
 from tests.methodhelpers import config, labels_from_counts, make_method
 
@@ -79,9 +80,43 @@ def test_softmax_focal_loss_by_hand():
     assert close(softmax_focal_loss(Z, Y, 1.0, w), ((7 / 16) * 2 * ce0 + 0.75 * ce1) / 2)
 
 
+class FixedLogits(torch.nn.Module):
+    """A stand-in network whose output is a learnable copy of fixed logits, whatever its input."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.z = torch.nn.Parameter(logits.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.z
+
+
 def test_focal_method_uses_gamma():
     m = make_method("focal", labels_from_counts([3] * 10), "method.gamma=2")
     assert m.cfg.gamma == 2
+    # The method's own train_step: the loss it optimises changes with gamma exactly as
+    # FL = -(1 - p)^gamma log p says. Logits Z, labels Y: p = 3/4 for sample 0, 1/4 for sample 1.
+    lp0, lp1 = math.log(3 / 4), math.log(1 / 4)
+    by_hand = {g: (-((1 - 0.75) ** g) * lp0 - ((1 - 0.25) ** g) * lp1) / 2 for g in (0, 1, 2)}
+    ln43 = math.log(4 / 3)
+    assert close(by_hand[2], (ln43 / 16 + 9 * LN4 / 16) / 2) and close(by_hand[0], (ln43 + LN4) / 2)
+    batch = Batch(x=torch.zeros(2, 1, 8, 8), y=Y, index=torch.arange(2))
+    for gamma in (0, 1, 2):
+        m = make_method("focal", labels_from_counts([3] * 10), f"method.gamma={gamma}")
+        m.model = FixedLogits(Z)
+        m.optimizer = torch.optim.SGD(m.model.parameters(), lr=0.1)
+        stepped = []
+        m.step = lambda opt, loss: stepped.append(loss)  # the loss handed to the optimiser step
+        out = m.train_step(batch, Phase("train", 1, 2, final=True), 0)
+        (loss,) = stepped
+        assert close(loss.detach(), by_hand[gamma]) and close(out["loss"], by_hand[gamma]), gamma
+        # and its gradient is that of the formula (autograd through the hand-written expression)
+        (grad,) = torch.autograd.grad(loss, m.model.z)
+        z = Z.clone().requires_grad_(True)
+        p = torch.softmax(z, 1)[torch.arange(2), Y]
+        (want,) = torch.autograd.grad((-(1 - p) ** gamma * torch.log(p)).mean(), z)
+        torch.testing.assert_close(grad, want)
+    assert by_hand[0] > by_hand[1] > by_hand[2]  # a larger gamma down-weights the easy sample more
 
 
 # -- class-balanced loss ------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from tests.datahelpers import fake_cifar
 C10 = fake_cifar(10)
 C100 = fake_cifar(100)
 
-# methods.md §1.3: CIFAR-10 with 100 meta images per class removed (n_max 4900).
+# docs/methods.md §1.3: CIFAR-10 with 100 meta images per class removed (n_max 4900).
 C10_GOLDEN = {
     1: [4900] * 10,
     10: [4900, 3793, 2937, 2274, 1760, 1363, 1055, 817, 632, 490],

@@ -257,8 +257,42 @@ def test_bad_har_configs(change, message):
 
 
 def test_defaults():
+    """What the defaults do, checked against the documented values (docs/methods.md §11): lambda = 10
+    (the official README's training command, not the argparse default 0.1), two pooled folds (the
+    official code runs one), estimation folds as long as the recipe, no DRW."""
     h = config("method=har").method
     assert (h.reg_weight, h.folds, h.est_epochs, h.drw) == (10.0, 2, None, False)
+    n = 60
+    m = make_method("har", labels_from_counts([12, 9, 8, 7, 6, 5, 4, 3, 3, 3]))  # imbalanced: DRW would show
+    recipe = m.ctx.recipe
+    # folds: 2 -> two estimation phases, not evaluated, whose held-out halves partition the training set
+    phases = m.phases()
+    assert [p.name for p in phases] == ["estimate_fold1", "estimate_fold2", "train"]
+    assert [p.evaluate for p in phases[:2]] == [False, False] and phases[-1].final
+    assert sorted(torch.cat([m.half_a, m.half_b]).tolist()) == list(range(n)) and len(m.half_a) == n // 2
+    assert torch.equal(m.train_subset(phases[0]), m.half_a) and torch.equal(m.train_subset(phases[1]), m.half_b)
+    # est_epochs: null -> each fold lasts the recipe's epochs, with the recipe's own lr schedule
+    assert [p.epochs for p in phases] == [int(recipe.epochs)] * 3
+    assert m.est_recipe["milestones"] == list(recipe.milestones)
+    # drw: false -> the CE of the final phase stays unweighted after every milestone;
+    # reg_weight: 10 -> the loss is CE + 10 * regulariser
+    last = int(recipe.milestones[-1])
+    m.on_epoch_start(phases[-1], last)
+    m.class_reg = torch.linspace(0.1, 1.0, 10)
+    spread = torch.arange(0, n, 5)  # many classes in one batch, so class weights would change the CE
+    batch = next(iter(m.ctx.train.batches(len(spread), spread, shuffle=False, augment=False)))
+    assert len(set(batch.y.tolist())) >= 5
+    stepped = []
+    m.step = lambda opt, loss: stepped.append(loss)
+    m.train_step(batch, phases[-1], last)
+    with m.recorder.record() as outputs:
+        logits = m.model(batch.x)
+    ce = F.cross_entropy(logits, batch.y)  # no class weights
+    reg = har_regulariser(ce, outputs, m.recorder.gammas(), m.class_reg[batch.y])
+    assert float(reg.detach()) > 0
+    drw = torch.as_tensor(class_balanced_weights(m.ctx.class_counts, 0.9999), dtype=torch.float32)
+    assert not torch.allclose(F.cross_entropy(logits, batch.y, weight=drw), ce)  # what DRW on would give
+    torch.testing.assert_close(stepped[0].detach(), (ce + 10.0 * reg).detach())
 
 
 # -- resume inside an estimation fold -----------------------------------------------------------

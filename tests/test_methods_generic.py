@@ -82,7 +82,23 @@ def test_no_method_reads_clean_training_labels(workdirs, tmp_path, monkeypatch, 
 
 @pytest.mark.parametrize("method", ALL)
 def test_every_method_runs_under_bf16_autocast(workdirs, method):
-    """`train.bf16=true` autocasts the training step; per-sample state must keep its own dtype."""
-    assert cli("smoke", f"method={method}", "train.bf16=true") == 0
+    """`train.bf16=true` autocasts the training step; per-sample state must keep its own dtype.
+
+    That autocast actually ran is observed inside the networks' forward passes: a global forward
+    hook records the dtype of every convolution / linear output while the run trains. Evaluation
+    stays fp32, so bf16 outputs can only come from autocast around the method's training step."""
+    dtypes: list[torch.dtype] = []
+
+    def hook(module, inputs, output):
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)) and isinstance(output, torch.Tensor):
+            dtypes.append(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        assert cli("smoke", f"method={method}", "train.bf16=true") == 0
+    finally:
+        handle.remove()
     (rec,) = records(workdirs["results"])
     assert rec["status"] == "done" and rec["config"]["train"]["bf16"] is True
+    assert torch.bfloat16 in dtypes, f"{method}: no bf16 activation seen, autocast did not run"
+    assert torch.float32 in dtypes  # evaluation (and the fp32 meta passes) are not autocast

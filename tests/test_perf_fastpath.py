@@ -172,18 +172,27 @@ def test_bf16_autocast_covers_the_step_but_not_the_meta_passes():
 
 def test_bf16_flag_reaches_the_training_loop(workdirs, monkeypatch):
     seen = []
+    step_dtypes: list[torch.dtype] = []  # conv / linear outputs computed inside train_step
     original = CrossEntropy.train_step
 
     def spy(self, batch, phase, epoch):
         seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
-        return original(self, batch, phase, epoch)
+        handle = torch.nn.modules.module.register_module_forward_hook(
+            lambda m, i, o: step_dtypes.append(o.dtype) if isinstance(m, (nn.Conv2d, nn.Linear)) else None)
+        try:
+            return original(self, batch, phase, epoch)
+        finally:
+            handle.remove()
 
     monkeypatch.setattr(CrossEntropy, "train_step", spy)
     assert cli("digits", *DIGITS, "split.imbalance_factor=1", "split.noise_rate=0.0", "train.bf16=true") == 0
     assert seen and all(seen)
+    assert step_dtypes and set(step_dtypes) == {torch.bfloat16}  # autocast ran: the model computed in bf16
     seen.clear()
+    step_dtypes.clear()
     assert cli("digits", *DIGITS, "split.imbalance_factor=1", "split.noise_rate=0.0") == 0
     assert seen and not any(seen)
+    assert step_dtypes and set(step_dtypes) == {torch.float32}
 
 
 # -- TF32 off in the meta passes (issue 13) ------------------------------------------------------

@@ -1,5 +1,5 @@
 """FLOPs per image of the plain and meta steps (exact, deterministic; the CI proxy for the cost of
-the meta step, performance.md §5.1). No timing here."""
+the meta step, PERFORMANCE.md §9.9). No timing here."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ WRN16_8 = {
     "SL3": {"virtual": 5_243_952_768, "meta_forward": 3_096_291_328, "meta_backward": 6_610_503_424,
             "real": 9_288_146_560},
 }
-# /work/shared/research/performance.md §0, §2.4, §5.1 (GFLOP per image)
+# the independent figures of PERFORMANCE.md §9.3 (GFLOP per image)
 RESEARCH_RESNET32 = {"plain": 0.412, "SL0": 1.790, "SL1": 1.767, "SL2": 1.397, "SL3": 1.037}
 RESEARCH_RATIOS = {"SL0": 4.34, "SL1": 4.29, "SL2": 3.39, "SL3": 2.52}
 RESEARCH_WRN = {"plain": 9.29, "SL0": 40.6, "SL3": 24.2}
@@ -63,7 +63,7 @@ def test_meta_step_cost_falls_with_the_slmo_level_and_meets_the_targets(resnet32
     # the parts SLMO does not touch
     assert len({resnet32[f"SL{s}"]["meta_forward"] for s in range(4)}) == 1
     assert len({resnet32[f"SL{s}"]["real"] for s in range(4)}) == 1
-    # issue 8 targets: meta / plain <= 4.4 at SL0 and <= 2.6 at SL3
+    # PERFORMANCE.md §9.8 CPU proxies: meta / plain <= 4.4 at SL0 and <= 2.6 at SL3
     assert total["SL0"] / total["plain"] <= 4.4
     assert total["SL3"] / total["plain"] <= 2.6
 

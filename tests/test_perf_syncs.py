@@ -1,4 +1,4 @@
-"""No host sync inside a training step (ARCHITECTURE.md; issue 8). The counter flags, on the CPU,
+"""No host sync inside a training step (ARCHITECTURE.md; PERFORMANCE.md §4). The counter flags, on the CPU,
 the ops that would stall the host on a GPU; every registered method's ``train_step`` must have none."""
 
 from __future__ import annotations

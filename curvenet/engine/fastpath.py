@@ -1,4 +1,4 @@
-"""Fast paths behind the ``train:`` flags of the run config (issue 8). Each one defaults to the
+"""Fast paths behind the ``train:`` flags of the run config (PERFORMANCE.md §5). Each one defaults to the
 behaviour the engine had before it existed, except TF32, which was already on.
 
 - ``train.tf32``: TF32 convolutions and matmuls (Ampere+ GPUs); applied for every run and every
@@ -11,7 +11,7 @@ behaviour the engine had before it existed, except TF32, which was already on.
 
 Meta-learning passes (``engine/virtual.py``) differentiate twice, which ``torch.compile`` and
 CUDA-graph replay cannot be trusted with (AOTAutograd has refused double backward, or got it wrong,
-depending on the version: research/performance.md §2.2; a replayed graph would ignore substituted
+depending on the version: PERFORMANCE.md §9.2; a replayed graph would ignore substituted
 parameters). ``FunctionalModel`` therefore runs those passes eagerly and in fp32
 (:func:`eager_fp32`), while the method's real step keeps the compiled model: a meta method with
 ``train.compile=true`` falls back to eager for its meta step instead of failing. "fp32" includes

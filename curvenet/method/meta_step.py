@@ -1,4 +1,4 @@
-"""The differentiable pieces of CurveNet's meta step (paper Eq. 11, 5 and 12; methods.md §2.5),
+"""The differentiable pieces of CurveNet's meta step (paper Eq. 11, 5 and 12; docs/methods.md §2.5),
 on the shared functional virtual step (``curvenet/engine/virtual.py``).
 
     theta_hat(Theta) = one step of the real optimiser's rule (momentum, Nesterov, weight decay,

@@ -1,5 +1,5 @@
 """CurveNet (Jiang et al., "Delving into Sample Loss Curve to Embrace Noisy and Imbalanced Data",
-AAAI 2022; official code jiangwenj02/CurveNet-V1): probe-and-allocate, methods.md §2.
+AAAI 2022; official code jiangwenj02/CurveNet-V1): probe-and-allocate, docs/methods.md §2.
 
 Stages (phases):
 
@@ -15,7 +15,7 @@ Stages (phases):
    from the first LR decay on, CurveNet is frozen and each sample keeps the last weight it received.
 
 Choices where the paper and the code differ: the code is followed, each behind a flag
-(methods.md §15):
+(docs/methods.md §15):
 - curves: mean subtraction only (``std_normalise: false``; the introduction also divides by the std);
   the first S = 5 epochs *and the last epoch* are dropped (``skip_first``, ``drop_last_epoch``);
 - the probe's square-wave LR 0.01/0.001 with 15-epoch halves and batch 16 after 120 epochs at 0.1

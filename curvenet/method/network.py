@@ -1,4 +1,4 @@
-"""The curve-perception network G(curve, observed label; Theta) -> sample weight (methods.md §2.4).
+"""The curve-perception network G(curve, observed label; Theta) -> sample weight (docs/methods.md §2.4).
 
 Architecture of the official ``net/curvenet.py`` (written from its description, not copied):
 

@@ -1,7 +1,7 @@
 """The probing stage's schedule, and the probe-curve cache shared by the CurveNet runs of a split and
 probe seed.
 
-Schedule (official ``recognition_cycle`` + ``config/cycle``, methods.md §2.2), as two phases:
+Schedule (official ``recognition_cycle`` + ``config/cycle``, docs/methods.md §2.2), as two phases:
 
 - ``probe``: ``epochs`` (120) epochs at a constant lr (0.1), batch ``batch_size`` (the recipe's, 128);
 - ``probe_cyclic``: ``cyclic_epochs`` (180) epochs of a square wave, ``cyclic_lr_high`` (0.01) for

@@ -71,7 +71,7 @@ class WideResNet(nn.Module):
 
 @register_model("wrn16_8")
 def wrn16_8(num_classes: int, in_channels: int = 3, init: str = "curvenet", dropout: float = 0.0) -> WideResNet:
-    """WRN-16-8. ``init=curvenet`` applies CurveNet's conv/BN re-init on top (methods.md §1.8)."""
+    """WRN-16-8. ``init=curvenet`` applies CurveNet's conv/BN re-init on top (docs/methods.md §1.8)."""
     model = WideResNet(16, 8, num_classes, in_channels, dropout)
     if init == "curvenet":
         curvenet_conv_bn_init(model)  # on top of the WRN reference init, as CurveNet does

@@ -1,2 +1,2 @@
 """`curvebench perf`: step timing, FLOP counts, host-sync checks and run-time extrapolation on
-synthetic CIFAR-shaped data (issue 8; PERFORMANCE.md)."""
+synthetic CIFAR-shaped data (PERFORMANCE.md)."""

@@ -1,4 +1,4 @@
-"""Aggregate throughput of N training processes sharing one device (performance.md §3.2).
+"""Aggregate throughput of N training processes sharing one device (PERFORMANCE.md §9.6).
 
 The parent starts N workers (``python -m curvenet.perf.concurrent --worker ...``); each builds
 its method on synthetic data, warms up, prints ``READY`` and waits; once all are ready the parent

@@ -3,7 +3,7 @@
 ``FlopCounterMode`` counts matmul/convolution FLOPs (2 per multiply-accumulate), forward and
 backward, double backward included; elementwise ops, BatchNorm and the optimiser are not counted.
 Counts are deterministic and per image they do not depend on the batch size, which makes them
-the CI proxy for the cost of a step (performance.md §5.1).
+the CI proxy for the cost of a step (PERFORMANCE.md §9.9).
 """
 
 from __future__ import annotations

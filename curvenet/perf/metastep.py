@@ -2,7 +2,7 @@
 
 Until the CurveNet method (which marks these phases itself through ``ctx.mark_phase``) is
 registered, ``curvebench perf`` times this faithful stand-in: CurveNet's allocating step
-(methods.md §2.5) with a CurveNet-shaped weighting network (§2.4) and SLMO (§2.6):
+(docs/methods.md §2.5) with a CurveNet-shaped weighting network (§2.4) and SLMO (§2.6):
 
 1. ``virtual``: per-sample CE of the functional classifier, weights w = G(curve, label), one
    differentiable step of the *real* optimiser's rule (momentum from its buffers, Nesterov, weight
@@ -35,7 +35,7 @@ def _noop(name: str) -> None:
 
 
 class CurveWeightNet(nn.Module):
-    """CurveNet's weighting network (methods.md §2.4): curve encoder 294-128-128-64, twice the class
+    """CurveNet's weighting network (docs/methods.md §2.4): curve encoder 294-128-128-64, twice the class
     embedding, head 64-128-64-1, w = sigmoid(z) + 0.02. (Initialisation does not matter for timing.)"""
 
     def __init__(self, num_classes: int, curve_dim: int = 294, hidden: int = 64) -> None:

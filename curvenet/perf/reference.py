@@ -1,7 +1,7 @@
-"""MW-Net's step two ways, to show what the functional virtual step gains (performance.md §2.1).
+"""MW-Net's step two ways, to show what the functional virtual step gains (PERFORMANCE.md §9.1).
 
-``ReferenceMWNetStep`` is written from the description of the official MW-Net.py (methods.md §9,
-performance.md §2.1), not from its code: every iteration it makes a **fresh copy of the network**
+``ReferenceMWNetStep`` is written from the description of the official MW-Net.py (docs/methods.md §9,
+PERFORMANCE.md §9.1), not from its code: every iteration it makes a **fresh copy of the network**
 (``copy.deepcopy`` of a template, then ``load_state_dict`` of the classifier), computes the
 weighted loss on the copy, takes the gradients with ``create_graph=True``, replaces the copy's
 parameters by ``p - lr * g`` (the "MetaModule" parameter surgery), runs the copy on the clean
@@ -14,7 +14,7 @@ cloned BatchNorm buffers, and a meta backward that computes the weighting net's 
 Both: V-Net Linear(1,100)-ReLU-Linear(100,1)-sigmoid on the detached per-sample CE, unnormalised
 weights, plain-SGD virtual step at the classifier's current lr, Adam(1e-3, wd 1e-4) on the V-Net,
 real SGD step with the classifier's optimiser. For the same state and batches they produce the same
-update (tests/test_perf.py checks it in float64).
+update (tests/test_perf_bench.py checks it in float64).
 """
 
 from __future__ import annotations

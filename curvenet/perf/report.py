@@ -94,11 +94,11 @@ def sync_lines(rep: ModelReport) -> list[str]:
             if not r.skipped and r.syncs]
 
 
-TARGET_MODEL = "resnet32"  # the issue-8 targets are set for ResNet-32 (performance.md §4.4)
+TARGET_MODEL = "resnet32"  # the targets (PERFORMANCE.md §9.8) are set for ResNet-32
 
 
 def checks(rep: ModelReport, device: torch.device) -> list[dict[str, Any]]:
-    """The issue-8 targets that this measurement can decide, each with its value and verdict
+    """The targets (PERFORMANCE.md §9.8) that this measurement can decide, each with its value and verdict
     (other models than ResNet-32 get the same figures as information)."""
     out: list[dict[str, Any]] = []
     if rep.model != TARGET_MODEL:
@@ -118,8 +118,8 @@ def checks(rep: ModelReport, device: torch.device) -> list[dict[str, Any]]:
         f0, f3 = rep.results[meta[0]].flops, rep.results[meta[3]].flops
         if f3.get("meta_backward"):
             v = f0.get("meta_backward", 0.0) / f3["meta_backward"]
-            out.append({"name": "FLOPs meta_backward SL0 / SL3", "value": v, "target": "info (performance.md: 3.16)",
-                        "ok": None})
+            out.append({"name": "FLOPs meta_backward SL0 / SL3", "value": v,
+                        "target": "info (PERFORMANCE.md §9.3: 3.16)", "ok": None})
         if t and meta[0] in t.cases and meta[3] in t.cases:
             m, lo, hi = t.ratio(meta[0], meta[3], "meta_backward", "meta_backward")
             out.append({"name": "time meta_backward SL0 / SL3", "value": m, "iqr": [lo, hi],

@@ -6,7 +6,7 @@
   before a timed block and after it, never inside (the steps themselves must not sync).
 - Every case is warmed up, then the cases run in interleaved rounds (the starting case rotates
   from round to round); a round runs ``steps`` steps of each case. Ratios between cases are the
-  median of the per-round ratios, which cancels drift and noisy neighbours (performance.md §5.2).
+  median of the per-round ratios, which cancels drift and noisy neighbours (PERFORMANCE.md §9.9).
   ``os.getloadavg()`` is recorded around every round.
 """
 
