@@ -175,7 +175,12 @@ def _launch(args: argparse.Namespace, extra: list[str]) -> int:
     summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     print(f"suite {args.suite}: {summary}; results under {runs[0].config['paths']['results']}")
     bad = counts["failed"] + counts["failed-before"] + counts["error"] + counts["lost"]
-    return 1 if bad else 0
+    known = ("done", "skipped", "failed", "failed-before", "error", "lost", "running-elsewhere")
+    unfinished = sum(n for k, n in counts.items() if k not in known)  # timed-out, or a job ended early (cancelled)
+    if unfinished:
+        print(f"{unfinished} runs did not finish (their jobs ended early); run the same command again to resume them "
+              "from their last epoch checkpoint (docs/CLUSTER.md: time limits and requeueing)", file=sys.stderr)
+    return 1 if bad or unfinished else 0
 
 
 @subcommand("status")
