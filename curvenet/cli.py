@@ -190,24 +190,31 @@ def status_command(argv: list[str]) -> int:
     args = p.parse_args(argv)
     from tabulate import tabulate
 
-    from curvenet import workers
+    from curvenet import slurm, workers
     from curvenet.suites import plan_suite
 
     runs = plan_suite(args.suite, args.overrides)
     states = [workers.live_status(r.run_dir) for r in runs]
+    jobs = slurm.job_states(runs, states)  # SLURM job id and state of each unfinished run that has one
     if args.runs:
         owners = {id(plan): info for plan, info in workers.iter_claims(runs)}
         rows = []
-        for r, s in zip(runs, states):
+        for i, (r, s) in enumerate(zip(runs, states)):
             info = owners.get(id(r))
             who = info.owner if info is not None and s in ("running", "interrupted") else ""
-            rows.append((s, r.label, who, str(r.run_dir)))
-        print(tabulate(rows, headers=["state", "grid point", "worker", "run directory"]))
+            rows.append((s, r.label, who, *((" ".join(jobs.get(i, ("", ""))).strip(),) if jobs else ()),
+                         str(r.run_dir)))
+        print(tabulate(rows, headers=["state", "grid point", "worker", *(["SLURM job"] if jobs else []),
+                                      "run directory"]))
         print()
     headers, rows, totals = workers.status_table(runs, states)
     print(f"suite {args.suite}: cells x methods")
     print(tabulate(rows, headers=headers))
     print(workers.totals_line(totals))
+    if jobs and not args.runs:
+        print()
+        print(tabulate([(job, state, runs[i].label) for i, (job, state) in sorted(jobs.items())],
+                       headers=["SLURM job", "state", "grid point"]))
     return 0
 
 

@@ -115,17 +115,17 @@ def run_job_task(cfg: DictConfig) -> str:
     from curvenet.workers import try_claim
 
     try:
-        task = list(HydraConfig.get().overrides.task)
-        suite = next(o.split("=", 1)[1] for o in task if o.startswith("experiment="))
-        overrides = [o for o in task if not o.startswith(("experiment=", f"+{JOB_KEY}."))]
-        opts = cfg.get(JOB_KEY) or {}
-        plan = plan_for_job(suite, overrides)
-        device = select_device(str(plan.cfg.train.device))
-        if plan.cfg.suite.requires_gpu and device.type != "cuda" and not plan.cfg.train.allow_cpu:
-            raise ConfigError(f"suite {suite!r} needs a GPU and this job has none (ask the launcher for one, "
-                              "e.g. hydra.launcher.gpus_per_node=1, or pass --allow-cpu)")
-        print(f"curvebench job: {plan.label} -> {plan.run_dir}", flush=True)
         with job_signals():  # SLURM: requeue on SIGUSR2, the claim released on SIGTERM
+            task = list(HydraConfig.get().overrides.task)
+            suite = next(o.split("=", 1)[1] for o in task if o.startswith("experiment="))
+            overrides = [o for o in task if not o.startswith(("experiment=", f"+{JOB_KEY}."))]
+            opts = cfg.get(JOB_KEY) or {}
+            plan = plan_for_job(suite, overrides)
+            device = select_device(str(plan.cfg.train.device))
+            if plan.cfg.suite.requires_gpu and device.type != "cuda" and not plan.cfg.train.allow_cpu:
+                raise ConfigError(f"suite {suite!r} needs a GPU and this job has none (ask the launcher for one, "
+                                  "e.g. hydra.launcher.gpus_per_node=1, or pass --allow-cpu)")
+            print(f"curvebench job: {plan.label} -> {plan.run_dir}", flush=True)
             claim = try_claim(plan.run_dir, worker=f"hydra job {HydraConfig.get().job.get('id', '')}".strip())
             if claim is None:
                 return "running-elsewhere"

@@ -249,6 +249,10 @@ def job_signals() -> Iterator[None]:
             submitit_usr2(signum, frame)  # checkpoint and requeue: exits (SystemExit)
         except UncompletedJobError as err:
             raise TimedOut(str(err)) from None
+        except Exception as err:  # noqa: BLE001 - e.g. `scontrol requeue` killed by the requeue's own SIGTERM
+            print(f"curvebench job: while requeueing: {type(err).__name__}: {err}; the job ends here and the run "
+                  "keeps its checkpoint", file=sys.stderr, flush=True)
+            raise SystemExit(-1) from None  # never an exception of the run (it would be recorded as failed)
 
     def on_term(signum: int, frame: Any) -> None:
         if handling:  # our own requeue: the job is on its way out
