@@ -175,7 +175,7 @@ def launch(self: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: i
     except (FailedJobError, subprocess.CalledProcessError, OSError) as err:
         said = [line for line in str(err).splitlines() if "error" in line.lower()] or str(err).splitlines()
         raise ConfigError(f"sbatch refused the jobs: {said[-1].strip() if said else err}") from None
-    watcher = _watcher_class()(delay_s=30)
+    watcher = _watcher_class()(delay_s=10)  # squeue at most every 10 s (results are seen at once)
     for job, ovs in zip(jobs, job_overrides):
         job.watcher = watcher  # instead of submitit's sacct watcher
         watcher.register_job(job.job_id)
@@ -198,8 +198,8 @@ def launch(self: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: i
         if ret.status != JobStatus.COMPLETED:  # Hydra could not run the task function
             ret = JobReturn(overrides=list(ovs), status=JobStatus.COMPLETED,
                             _return_value=f"error: {type(ret._return_value).__name__}: {ret._return_value}")
-        outcome = str(ret.return_value)
-        print(f"job {job.job_id}: {outcome.split(' (log')[0]:<10} {_short(filter_overrides(ovs))}", flush=True)
+        outcome = str(ret.return_value).removeprefix("ended: ").split(" (log")[0]
+        print(f"job {job.job_id}: {outcome:<10} {_short(filter_overrides(ovs))}", flush=True)
         returns.append(ret)
     return returns
 
