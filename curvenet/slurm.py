@@ -162,8 +162,10 @@ def launch(self: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: i
 
     assert self.config is not None
     params = dict(self.params)
+    python = os.environ.get("CURVEBENCH_SLURM_PYTHON")  # e.g. "apptainer exec --nv curvebench.sif python"
     executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
-                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
+                                     slurm_max_num_timeout=params.pop("max_num_timeout"),
+                                     **({"slurm_python": python} if python else {}))
     generic = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(**{k if k in generic else f"slurm_{k}": v for k, v in params.items()})
     sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -247,7 +249,8 @@ def job_signals() -> Iterator[None]:
         handling.append(signum)
         try:
             submitit_usr2(signum, frame)  # checkpoint and requeue: exits (SystemExit)
-        except UncompletedJobError as err:
+        except UncompletedJobError as err:  # not requeued: the job goes on to end normally
+            handling.clear()
             raise TimedOut(str(err)) from None
         except Exception as err:  # noqa: BLE001 - e.g. `scontrol requeue` killed by the requeue's own SIGTERM
             print(f"curvebench job: while requeueing: {type(err).__name__}: {err}; the job ends here and the run "
