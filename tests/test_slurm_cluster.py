@@ -153,8 +153,13 @@ def test_preempted_and_timed_out_jobs_are_requeued_and_resume_to_the_same_result
     slurm, local = tmp_path / "slurm", tmp_path / "local"
     preempted = ["digits", "method=ce", "seed=1", "split.imbalance_factor=10", "split.noise_rate=0.4",
                  "recipe.epochs=300"]
+    # SLURM signals the time limit at 29-59 s into a 1-minute job: the run must train for longer than that
+    calib = ["digits", "method=ce", "seed=1", "split.imbalance_factor=1", "split.noise_rate=0.4", "recipe.epochs=20"]
+    assert curvebench([*calib, "--no-progress"], env, tmp_path / "calibration").returncode == 0
+    history = json.loads(next((tmp_path / "calibration").rglob("history.json")).read_text())
+    epochs = min(3000, max(300, int(75 / (history[-1]["elapsed_s"] / len(history)))))
     timed = ["digits", "method=ce", "seed=1", "split.imbalance_factor=1", "split.noise_rate=0.4",
-             "recipe.epochs=400"]
+             f"recipe.epochs={epochs}"]
     p = curvebench([*preempted, "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=20",
                     f"hydra.sweep.dir={tmp_path / 'sweep-p'}"], env, slurm, wait=False)
     # a 1-minute limit, SIGUSR2 before it (SLURM signals up to 30 s early, so at 29-59 s): requeued, resumed
