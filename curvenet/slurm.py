@@ -45,8 +45,10 @@ HOW_TO_START = ("run it on the cluster's login node, or start a local test clust
 # -- is there a SLURM? --------------------------------------------------------------------------
 def check_slurm() -> None:
     """One clear error when sbatch is missing or SLURM's controller does not answer."""
-    if shutil.which("sbatch") is None:
-        raise ConfigError(f"hydra/launcher=submitit_slurm needs SLURM and sbatch is not on PATH: {HOW_TO_START}")
+    missing = [tool for tool in ("sbatch", "srun", "scontrol", "squeue") if shutil.which(tool) is None]
+    if missing:
+        raise ConfigError(f"hydra/launcher=submitit_slurm needs SLURM and {' and '.join(missing)} "
+                          f"{'is' if len(missing) == 1 else 'are'} not on PATH: {HOW_TO_START}")
     try:
         ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as err:

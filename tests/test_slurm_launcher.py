@@ -28,13 +28,15 @@ def test_submitit_slurm_without_slurm_is_one_line_and_writes_nothing(workdirs, t
     monkeypatch.chdir(tmp_path)
     assert cli("digits", "method=ce", "seed=1", "hydra/launcher=submitit_slurm") == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "sbatch is not on PATH" in err and "scripts/slurm-local.sh up" in err, err
+    assert err.count("\n") == 1 and "sbatch and srun and scontrol and squeue are not on PATH" in err, err
+    assert "scripts/slurm-local.sh up" in err
     assert not (tmp_path / "multirun").exists() and not any(workdirs["results"].iterdir())
 
 
 def test_submitit_slurm_with_a_dead_controller_is_one_line(workdirs, tmp_path, monkeypatch, capsys):
     bin_dir = tmp_path / "bin"
-    _fake_tool(bin_dir, "sbatch", "exit 1\n")
+    for tool in ("sbatch", "srun", "squeue"):
+        _fake_tool(bin_dir, tool, "exit 1\n")
     _fake_tool(bin_dir, "scontrol", "echo 'Slurmctld(primary) at vm is DOWN'; exit 1\n")
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     monkeypatch.chdir(tmp_path)
