@@ -54,8 +54,9 @@ def check_slurm() -> None:
     except (OSError, subprocess.TimeoutExpired) as err:
         raise ConfigError(f"SLURM's controller does not answer (scontrol ping: {err}): {HOW_TO_START}") from None
     if ping.returncode != 0 or " is UP" not in ping.stdout:
-        said = [line.strip() for line in (ping.stdout + ping.stderr).splitlines() if line.strip()]
-        raise ConfigError(f"SLURM's controller does not answer (scontrol ping: {said[-1] if said else 'no output'}); "
+        said = [line.strip() for line in (ping.stdout + ping.stderr).splitlines() if line.strip("* \t")]
+        said = [line for line in said if "DOWN" in line or "error" in line.lower()] or said  # not its banner
+        raise ConfigError(f"SLURM's controller does not answer (scontrol ping: {said[0] if said else 'no output'}); "
                           f"check SLURM_CONF, or {HOW_TO_START}")
 
 
@@ -293,7 +294,8 @@ def resume_note(run_dir: Path) -> str | None:
     job = os.environ.get("SLURM_ARRAY_JOB_ID")
     job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job and "SLURM_ARRAY_TASK_ID" in os.environ \
         else os.environ.get("SLURM_JOB_ID", "")
-    return (f"resuming from the checkpoint {where}" + (f" (SLURM job {job}, restart {restarts})" if job else ""))
+    slurm = f"SLURM job {job}" + (f", restart {restarts}" if restarts else "") if job else ""
+    return f"resuming from the checkpoint {where}" + (f" ({slurm})" if slurm else "")
 
 
 # -- status -------------------------------------------------------------------------------------

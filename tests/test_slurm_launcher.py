@@ -37,12 +37,14 @@ def test_submitit_slurm_with_a_dead_controller_is_one_line(workdirs, tmp_path, m
     bin_dir = tmp_path / "bin"
     for tool in ("sbatch", "srun", "squeue"):
         _fake_tool(bin_dir, tool, "exit 1\n")
-    _fake_tool(bin_dir, "scontrol", "echo 'Slurmctld(primary) at vm is DOWN'; exit 1\n")
+    _fake_tool(bin_dir, "scontrol", "echo 'Slurmctld(primary) at vm is DOWN'; echo '*****'; echo '** RESTORE **'; "
+                                    "echo '*****'; exit 1\n")
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     monkeypatch.chdir(tmp_path)
     assert cli("digits", "method=ce", "seed=1", "hydra/launcher=submitit_slurm") == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "is DOWN" in err and "SLURM_CONF" in err, err
+    assert err.count("\n") == 1 and "(scontrol ping: Slurmctld(primary) at vm is DOWN)" in err, err
+    assert "SLURM_CONF" in err
     assert not (tmp_path / "multirun").exists() and not any(workdirs["results"].iterdir())
 
 
