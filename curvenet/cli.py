@@ -266,7 +266,12 @@ def _launch(args: argparse.Namespace, extra: list[str]) -> int:
     summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     print(f"suite {args.suite}: {summary}; results under {runs[0].config['paths']['results']}")
     bad = counts["failed"] + counts["failed-before"] + counts["error"] + counts["lost"]
-    return 1 if bad else 0
+    known = ("done", "skipped", "failed", "failed-before", "error", "lost", "running-elsewhere")
+    unfinished = sum(n for k, n in counts.items() if k not in known)  # timed-out, or a job ended early (cancelled)
+    if unfinished:
+        print(f"{unfinished} runs did not finish (their jobs ended early); run the same command again to resume them "
+              "from their last epoch checkpoint (docs/CLUSTER.md: time limits and requeueing)", file=sys.stderr)
+    return 1 if bad or unfinished else 0
 
 
 @subcommand("status")
@@ -276,24 +281,31 @@ def status_command(argv: list[str]) -> int:
     args = _parse_suite_args(p, argv, "curvebench status SUITE [overrides] [--runs]")
     from tabulate import tabulate
 
-    from curvenet import workers
+    from curvenet import slurm, workers
     from curvenet.suites import plan_suite
 
     runs = plan_suite(args.suite, args.overrides)
     states = [workers.live_status(r.run_dir) for r in runs]
+    jobs = slurm.job_states(runs, states)  # SLURM job id and state of each unfinished run that has one
     if args.runs:
         owners = {id(plan): info for plan, info in workers.iter_claims(runs)}
         rows = []
-        for r, s in zip(runs, states):
+        for i, (r, s) in enumerate(zip(runs, states)):
             info = owners.get(id(r))
             who = info.owner if info is not None and s in ("running", "interrupted") else ""
-            rows.append((s, r.label, who, str(r.run_dir)))
-        print(tabulate(rows, headers=["state", "grid point", "worker", "run directory"]))
+            rows.append((s, r.label, who, *((" ".join(jobs.get(i, ("", ""))).strip(),) if jobs else ()),
+                         str(r.run_dir)))
+        print(tabulate(rows, headers=["state", "grid point", "worker", *(["SLURM job"] if jobs else []),
+                                      "run directory"]))
         print()
     headers, rows, totals = workers.status_table(runs, states)
     print(f"suite {args.suite}: cells x methods")
     print(tabulate(rows, headers=headers))
     print(workers.totals_line(totals))
+    if jobs and not args.runs:
+        print()
+        print(tabulate([(job, state, runs[i].label) for i, (job, state) in sorted(jobs.items())],
+                       headers=["SLURM job", "state", "grid point"]))
     return 0
 
 

@@ -105,35 +105,43 @@ def plan_for_job(suite: str, overrides: Sequence[str]) -> PlannedRun:
 def run_job_task(cfg: DictConfig) -> str:
     """Hydra task function: plan, claim and train the one run this job's overrides name.
 
-    Returns the outcome (done, skipped, failed, failed-before, running-elsewhere, lost) or
+    Returns the outcome (done, skipped, failed, failed-before, running-elsewhere, lost, timed-out) or
     ``error: ...``; it never raises, so one bad job does not hide the other jobs' outcomes.
     """
     from hydra.core.hydra_config import HydraConfig
 
     from curvenet.run import run_planned, select_device
+    from curvenet.slurm import TimedOut, job_signals, resume_note
     from curvenet.workers import try_claim
 
     try:
-        task = list(HydraConfig.get().overrides.task)
-        suite = next(o.split("=", 1)[1] for o in task if o.startswith("experiment="))
-        overrides = [o for o in task if not o.startswith(("experiment=", f"+{JOB_KEY}."))]
-        opts = cfg.get(JOB_KEY) or {}
-        plan = plan_for_job(suite, overrides)
-        device = select_device(str(plan.cfg.train.device))
-        if plan.cfg.suite.requires_gpu and device.type != "cuda" and not plan.cfg.train.allow_cpu:
-            raise ConfigError(f"suite {suite!r} needs a GPU and this job has none (ask the launcher for one, "
-                              "e.g. hydra.launcher.gpus_per_node=1, or pass --allow-cpu)")
-        print(f"curvebench job: {plan.label} -> {plan.run_dir}", flush=True)
-        claim = try_claim(plan.run_dir, worker=f"hydra job {HydraConfig.get().job.get('id', '')}".strip())
-        if claim is None:
-            return "running-elsewhere"
-        try:
-            with claim:
-                return run_planned(plan, progress=False, retry_failed=bool(opts.get("retry_failed", False)))
-        except KeyboardInterrupt:
-            if claim.lost:
-                return "lost"
-            raise
+        with job_signals():  # SLURM: requeue on SIGUSR2, the claim released on SIGTERM
+            task = list(HydraConfig.get().overrides.task)
+            suite = next(o.split("=", 1)[1] for o in task if o.startswith("experiment="))
+            overrides = [o for o in task if not o.startswith(("experiment=", f"+{JOB_KEY}."))]
+            opts = cfg.get(JOB_KEY) or {}
+            plan = plan_for_job(suite, overrides)
+            device = select_device(str(plan.cfg.train.device))
+            if plan.cfg.suite.requires_gpu and device.type != "cuda" and not plan.cfg.train.allow_cpu:
+                raise ConfigError(f"suite {suite!r} needs a GPU and this job has none (ask the launcher for one, "
+                                  "e.g. hydra.launcher.gpus_per_node=1, or pass --allow-cpu)")
+            print(f"curvebench job: {plan.label} -> {plan.run_dir}", flush=True)
+            claim = try_claim(plan.run_dir, worker=f"hydra job {HydraConfig.get().job.get('id', '')}".strip())
+            if claim is None:
+                return "running-elsewhere"
+            try:
+                with claim:
+                    note = resume_note(plan.run_dir)
+                    if note:
+                        print(f"curvebench job: {note}", flush=True)
+                    return run_planned(plan, progress=False, retry_failed=bool(opts.get("retry_failed", False)))
+            except KeyboardInterrupt:
+                if claim.lost:
+                    return "lost"
+                raise
+    except TimedOut as err:  # the time limit, once more than hydra.launcher.max_num_timeout allows
+        print(f"curvebench job: {err} The run keeps its checkpoint.", flush=True)
+        return "timed-out"
     except Exception as err:  # noqa: BLE001 - reported to the submitting process as the job's outcome
         traceback.print_exc()
         return f"error: {type(err).__name__}: {err}"
@@ -148,15 +156,20 @@ def launch_suite(suite: str, overrides: Sequence[str], *, retry_failed: bool = F
     from hydra._internal.utils import create_config_search_path
     from hydra.core.global_hydra import GlobalHydra
 
+    from curvenet import slurm
+
     hydra_overrides, suite_overrides = split_overrides(overrides)
+    launcher = next(o.split("=", 1)[1] for o in hydra_overrides if o.startswith("hydra/launcher="))
+    if launcher == "submitit_slurm":
+        slurm.check_slurm()  # before anything is planned or written
     suite_overrides = list(suite_overrides) + list(extra)
     runs = plan_suite(suite, suite_overrides)
+    slurm.expect_runs(runs)
     common = job_overrides(runs, suite_overrides)
     groups = sweeps(runs)
     given = {o.split("=", 1)[0] for o in hydra_overrides}
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     base = Path("multirun") / suite / stamp
-    launcher = next(o.split("=", 1)[1] for o in hydra_overrides if o.startswith("hydra/launcher="))
     shown = next((o.split("=", 1)[1] for o in hydra_overrides if o.startswith("hydra.sweep.dir=")), str(base))
     print(f"suite {suite}: {len(runs)} runs in {len(groups)} sweep(s) through hydra/launcher={launcher}; "
           f"Hydra's job directories under {shown}", flush=True)
@@ -174,12 +187,13 @@ def launch_suite(suite: str, overrides: Sequence[str], *, retry_failed: bool = F
         hydra = Hydra.create_main_hydra2(task_name=f"curvebench-{suite}",
                                          config_search_path=create_config_search_path(f"file://{CONF_DIR}"))
         try:
-            batches = hydra.multirun(config_name="config", task_function=run_job_task, overrides=ovs)
+            with slurm.patched_launcher():
+                batches = hydra.multirun(config_name="config", task_function=run_job_task, overrides=ovs)
         finally:
             GlobalHydra.instance().clear()
         for ret in itertools.chain.from_iterable(batches):
             outcome = ret.return_value
-            counts[outcome.split(":", 1)[0] if outcome.startswith("error") else outcome] += 1
+            counts[outcome.split(":", 1)[0] if outcome.startswith("error") else outcome.removeprefix("ended: ")] += 1
             if outcome.startswith("error"):
                 print(f"job {' '.join(ret.overrides)}: {outcome}", file=sys.stderr)
     return counts, runs
