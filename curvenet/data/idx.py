@@ -138,11 +138,29 @@ def load_fmnist(cfg: dict[str, Any], data_root: Path) -> ImageArrays:
             raise DataError(f"Fashion-MNIST not found in {where}. " + _how_to_get(data_root))
         directory = Path(cfg["path"]) if cfg.get("path") else data_root / DIRECTORY
         fetch_fmnist(directory, str(cfg.get("url") or UPSTREAM_URL))
-    arrays, checksums = {}, {}
+    paths = {}
     for f in FMNIST_FILES:
         path = file_path(directory, f.name)
         if path is None:
             raise DataError(f"Fashion-MNIST: {directory}/ lacks {f.name}(.gz). " + _how_to_get(data_root))
+        paths[f.name] = path
+    stats = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths.values())
+    key = (stats, verify, str(cfg.get("name", "fmnist")))
+    if _CACHE.get("key") == key:  # a worker runs many runs in one process: decompress and verify once
+        return _CACHE["data"]
+    data = _read_release(directory, paths, verify, key[2], data_root)
+    _CACHE.clear()
+    _CACHE.update(key=key, data=data)
+    return data
+
+
+_CACHE: dict[str, Any] = {}
+
+
+def _read_release(directory: Path, paths: dict[str, Path], verify: bool, name: str, data_root: Path) -> ImageArrays:
+    arrays, checksums = {}, {}
+    for f in FMNIST_FILES:
+        path = paths[f.name]
         blob = read_bytes(path)
         got = hashlib.sha256(blob).hexdigest()
         if verify and got != f.sha256:
@@ -170,7 +188,7 @@ def load_fmnist(cfg: dict[str, Any], data_root: Path) -> ImageArrays:
     if verify:
         source["sha256"] = checksums
     return ImageArrays(
-        name=str(cfg.get("name", "fmnist")),
+        name=name,
         train_images=train_x,
         train_labels=train_y,
         test_images=test_x,
