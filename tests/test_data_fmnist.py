@@ -242,3 +242,16 @@ def test_real_installed_files(tmp_path: Path) -> None:
     assert len(first) == 47_040_016 and hashlib.sha256(first).hexdigest() == idx.FMNIST_FILES[0].sha256
     mean, std = dataset_cfg("fmnist")["normalize"].values()
     assert abs(data.train_images.mean() / 255 - mean[0]) < 1e-4 and abs(data.train_images.std() / 255 - std[0]) < 1e-4
+
+
+def test_fmnist_smoke_runs_every_method_on_a_locked_split() -> None:
+    from curvenet.data.lock import LOCK_PATH, read_lock
+    from curvenet.data.specs import spec_from_config
+    from curvenet.engine.method import METHODS
+    from curvenet.suites import plan_suite
+
+    smoke = plan_suite("fmnist_smoke")
+    assert sorted(r.config["method"]["name"] for r in smoke) == sorted(METHODS.names())
+    assert {r.config["train"]["limit_batches"] for r in smoke} == {2} and smoke[0].config["recipe"]["epochs"] == 1
+    suite_specs = {spec_from_config(r.config).spec_hash() for r in plan_suite("fmnist", ["method=ce", "seed=1"])}
+    assert {spec_from_config(r.config).spec_hash() for r in smoke} <= suite_specs <= set(read_lock(LOCK_PATH))
