@@ -255,3 +255,14 @@ def test_fmnist_smoke_runs_every_method_on_a_locked_split() -> None:
     assert {r.config["train"]["limit_batches"] for r in smoke} == {2} and smoke[0].config["recipe"]["epochs"] == 1
     suite_specs = {spec_from_config(r.config).spec_hash() for r in plan_suite("fmnist", ["method=ce", "seed=1"])}
     assert {spec_from_config(r.config).spec_hash() for r in smoke} <= suite_specs <= set(read_lock(LOCK_PATH))
+
+
+def test_image_folder_datasets_take_no_pool_cap(tmp_path: Path) -> None:
+    from curvenet.data.types import ImageFiles
+
+    data = ImageFiles("clothing1m", str(tmp_path), ("a.jpg", "b.jpg"), np.array([0, 1]), ("c.jpg",), np.array([0]),
+                      2, ("x", "y"), "fp", False)
+    spec = SplitSpec("clothing1m", imbalance_profile="none")
+    assert make_split(data, spec).num_train == 2
+    with pytest.raises(DataError, match="takes no pool cap: use split.pool_per_class=0"):
+        make_split(data, dataclasses.replace(spec, pool_per_class=10))
