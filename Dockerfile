@@ -39,6 +39,13 @@ WORKDIR /work
 ENTRYPOINT ["curvebench"]
 CMD ["--help"]
 
+# Fashion-MNIST (the fmnist suite) from Debian: the four IDX files land in
+# /usr/share/datasets/fashion-mnist/, where the reader finds them without a data mount or network.
+# Pinned to the packaged upstream snapshot (any Debian revision of it: the reader checks the content).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends dataset-fashion-mnist=0.0~git20200523.55506a9-* \
+ && rm -rf /var/lib/apt/lists/*
+
 # The user that runs the benchmark: pass the host's UID/GID so that files written to bind-mounted
 # results are the host user's (docker-compose.yml does).
 ARG UID=1000

@@ -51,7 +51,8 @@ def test_golden_hashes(synthetic) -> None:
 
 def test_every_field_changes_the_hash() -> None:
     changes = dict(dataset="x", meta_per_class=11, imbalance_profile="step", imbalance_factor=11.0,
-                   step_tail_fraction=0.4, noise_model="unif", noise_rate=0.3, order="noise_imbalance", data_seed=1)  # fmt: skip
+                   step_tail_fraction=0.4, noise_model="unif", noise_rate=0.3, order="noise_imbalance", data_seed=1,
+                   pool_per_class=500)  # fmt: skip
     assert set(changes) == {f.name for f in dataclasses.fields(SplitSpec)}
     hashes = {dataclasses.replace(SMOKE, **{k: v}).spec_hash() for k, v in changes.items()}
     assert len(hashes | {SMOKE.spec_hash()}) == len(changes) + 1

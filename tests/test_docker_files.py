@@ -228,3 +228,16 @@ def test_root_refusal_in_a_real_process_as_uid_0():
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert proc.returncode == 2 and not proc.stdout
     assert proc.stderr.startswith("curvebench: error: refusing to run as root") and proc.stderr.count("\n") == 1
+
+
+def test_image_installs_fashion_mnist_where_the_reader_looks():
+    from curvenet.data.idx import DEBIAN_DIR, DEBIAN_PACKAGE
+
+    runs = [a for k, a in final_stage() if k == "RUN" and "apt-get install" in a]
+    assert runs, "the image must install the Fashion-MNIST package"
+    words = shlex.split(runs[0].replace("&&", " "))
+    assert any(w.startswith(f"{DEBIAN_PACKAGE}=") for w in words), "pin the package version"
+    assert "--no-install-recommends" in words and "rm -rf /var/lib/apt/lists/*" in runs[0]
+    assert str(DEBIAN_DIR) == "/usr/share/datasets/fashion-mnist"
+    users = [i for i, (k, _) in enumerate(final_stage()) if k == "USER"]
+    assert final_stage().index(("RUN", runs[0])) < users[-1], "apt runs as root, before USER"

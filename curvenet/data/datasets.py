@@ -9,6 +9,7 @@ from typing import Any, Callable
 from curvenet.data.cfgutil import as_dict, require
 from curvenet.data.cifar import CIFAR10, CIFAR100, load_cifar
 from curvenet.data.digits import load_digits
+from curvenet.data.idx import load_fmnist
 from curvenet.data.imagefolders import load_animal10n, load_clothing1m, load_food101n
 from curvenet.data.synthetic import load_synthetic
 from curvenet.data.types import DataError, ImageArrays, ImageFiles
@@ -21,6 +22,7 @@ DATASETS.register("cifar10")(partial(load_cifar, release=CIFAR10))
 DATASETS.register("cifar100")(partial(load_cifar, release=CIFAR100))
 DATASETS.register("synthetic")(load_synthetic)
 DATASETS.register("digits")(load_digits)
+DATASETS.register("fmnist")(load_fmnist)
 DATASETS.register("clothing1m")(load_clothing1m)
 DATASETS.register("food101n")(load_food101n)
 DATASETS.register("animal10n")(load_animal10n)

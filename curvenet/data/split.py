@@ -18,7 +18,8 @@ Hence all cells of a grid that share a data_seed share the meta set and nested i
 
 Protocol (``order: imbalance_noise``, the default, as in CurveNet's feeder):
 1. take k clean images per class from the original training set (k = ``meta_per_class``;
-   0: no meta set) and remove them from the pool;
+   0: no meta set) and remove them from the pool; with ``pool_per_class`` c > 0 the pool of a
+   class is the next c rows of the same permutation (pools of different c are nested);
 2. subsample each class of the pool to the profile's count (``imbalance.class_counts``), with
    n_max = the smallest class pool;
 3. corrupt the labels of the result (``noise``); ``unif_prior`` uses the class prior of that
@@ -92,6 +93,9 @@ def validate_spec(spec: SplitSpec) -> None:
         raise bad(f"unknown order {spec.order!r}; choose one of {', '.join(ORDERS)}")
     if not isinstance(spec.data_seed, int) or isinstance(spec.data_seed, bool) or spec.data_seed < 0:
         raise bad(f"data_seed must be an integer >= 0, got {spec.data_seed!r}")
+    c = spec.pool_per_class
+    if not isinstance(c, int) or isinstance(c, bool) or c < 0:
+        raise bad(f"pool_per_class must be an integer >= 0 (0 = no cap), got {c!r}")
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -196,7 +200,7 @@ def _arrays_split(data: ImageArrays, spec: SplitSpec) -> tuple[Split, bytes]:
     for c in range(k_cls):
         perm = rng_meta.permutation(by_class[c])
         meta_parts.append(perm[:k])
-        pools.append(np.sort(perm[k:]))
+        pools.append(np.sort(perm[k : k + spec.pool_per_class] if spec.pool_per_class else perm[k:]))
     meta_idx = np.sort(np.concatenate(meta_parts))
     n_max = min(p.size for p in pools)
     targets = class_counts(spec.imbalance_profile, n_max, k_cls, spec.imbalance_factor, spec.step_tail_fraction)
@@ -234,6 +238,8 @@ def _files_split(data: ImageFiles, spec: SplitSpec) -> tuple[Split, bytes]:
             f"{data.name} carries real-world label noise: use split.noise_model=none and "
             f"split.imbalance_profile=none (got {spec.noise_model}, {spec.imbalance_profile})"
         )
+    if spec.pool_per_class:
+        raise DataError(f"{data.name} takes no pool cap: use split.pool_per_class=0 (got {spec.pool_per_class})")
     rng_meta = np.random.default_rng(np.random.SeedSequence(spec.data_seed).spawn(4)[0])
     meta_labels_all = np.asarray(data.meta_labels, dtype=np.int64)
     k = spec.meta_per_class

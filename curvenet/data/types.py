@@ -101,11 +101,16 @@ class SplitSpec:
     noise_rate: float = 0.0  # nominal rate p in [0, 1)
     order: str = "imbalance_noise"  # or noise_imbalance
     data_seed: int = 0
+    # cap on each class's pool after the meta set is removed (0 = no cap). Left out of to_dict()
+    # while 0, so the hashes of specs without a cap are those they had before the key existed.
+    pool_per_class: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["imbalance_factor"] = float(d["imbalance_factor"])
         d["noise_rate"] = float(d["noise_rate"])
+        if not d["pool_per_class"]:
+            del d["pool_per_class"]
         return d
 
     def spec_hash(self) -> str:
@@ -120,6 +125,8 @@ class SplitSpec:
             parts.append(f"if{self.imbalance_factor:g}" + ("step" if self.imbalance_profile == "step" else ""))
         parts.append(f"{self.noise_model}{self.noise_rate:g}" if self.noise_model != "none" else "clean")
         parts.append(f"k{self.meta_per_class}")
+        if self.pool_per_class:
+            parts.append(f"cap{self.pool_per_class}")
         if self.order != "imbalance_noise":
             parts.append("n2i")
         parts.append(f"d{self.data_seed}")
