@@ -280,13 +280,13 @@ def resume_note(run_dir: Path) -> str | None:
     """Where a job picks the run up: the epoch its checkpoint holds, and SLURM's restart count."""
     import torch
 
-    from curvenet.engine.checkpoint import CHECKPOINT_FILE
+    from curvenet.engine.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        state = load_checkpoint(path, torch.device("cpu"))  # the safe loader (docs/SECURITY.md)
         where = f"after epoch {int(state['epoch']) + 1} of phase {state['phase']}"
     except Exception as err:  # noqa: BLE001 - only a note; the trainer reports a damaged checkpoint
         where = f"(unreadable: {type(err).__name__})"
