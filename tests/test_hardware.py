@@ -98,7 +98,7 @@ def test_records_from_before_the_stack_fields_load_as_isa_not_recorded(tmp_path)
 
 def test_committed_records_name_one_stack():
     runs = load_runs(COMMITTED)
-    assert not runs.problems and len(runs.frame) == 156
+    assert not runs.problems and len(runs.frame) == len(list(COMMITTED.rglob("result.json"))) > 0
     assert runs.frame["cpu_isa"].notna().all() and len(set(runs.frame["hardware"])) == 1
 
 
