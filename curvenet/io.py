@@ -1,5 +1,6 @@
 """Atomic file writes: a temporary file in the target's directory, then ``os.replace``, so a reader
-(another worker, the leaderboard) never sees half a file.
+(another worker, the leaderboard) never sees half a file. And ``move_aside``: keep a file under a
+numbered name, never overwriting one.
 
 Files get the permissions of an ordinary ``open`` (0666 minus the umask), not ``mkstemp``'s private
 0600, so a results tree shared on a cluster stays readable by the team.
@@ -11,7 +12,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 def _current_umask() -> int:
@@ -51,3 +52,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def move_aside(path: Path, name: Callable[[int], str]) -> Path:
+    """Move ``path`` to ``path.with_name(name(n))`` for the first free n >= 1 and return it.
+
+    Linked, then unlinked: unlike a rename, the link fails when the target exists, so a file set
+    aside earlier (or by a racing process) is never overwritten.
+    """
+    path = Path(path)
+    n = 1
+    while True:
+        target = path.with_name(name(n))
+        try:
+            os.link(path, target)
+        except FileExistsError:
+            n += 1
+            continue
+        path.unlink()
+        return target

@@ -34,10 +34,9 @@ from curvenet.engine.records import (
     environment,
     read_record,
     record_state,
-    set_aside,
     write_record,
 )
-from curvenet.io import atomic_path, atomic_write_text
+from curvenet.io import atomic_path, atomic_write_text, move_aside
 from curvenet.methods import load_all_methods
 from curvenet.suites import PlannedRun
 
@@ -71,7 +70,8 @@ def _set_aside_untrusted(run_dir: Path) -> None:
         path = run_dir / name
         state = record_state(path)
         if state in ("corrupt", "setup"):
-            kept = set_aside(path, "corrupt" if state == "corrupt" else "setup")
+            tag = "corrupt" if state == "corrupt" else "setup"
+            kept = move_aside(path, lambda n: f"{path.stem}.{tag}-{n}{path.suffix}")
             why = ("cannot be read or does not follow the record schema" if state == "corrupt"
                    else "records a failure outside training (data, config or paths), which is not permanent")
             print(f"note: {path} {why}; kept as {kept.name}, training the run again", file=sys.stderr)
@@ -96,10 +96,7 @@ def run_planned(plan: PlannedRun, *, progress: bool = False, retry_failed: bool 
     if failed_path.exists():
         if not retry_failed:
             return "failed-before"
-        n = 1
-        while (run_dir / f"failed-{n}.json").exists():
-            n += 1
-        failed_path.rename(run_dir / f"failed-{n}.json")
+        move_aside(failed_path, lambda n: f"failed-{n}.json")
 
     run_dir.mkdir(parents=True, exist_ok=True)
     started = _now()

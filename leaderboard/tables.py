@@ -57,17 +57,7 @@ def markers(cell: CellStats) -> str:
 
 
 def best_text(cell: CellStats) -> str:
-    if not len(cell.runs):
-        return NOT_RUN
-    if cell.flag:
-        text = f"{FLAG} flagged (n={cell.n_done})"
-    elif cell.n_done == 0:
-        text = f"failed (n={cell.n_failed})"
-    else:
-        text = mean_std(cell.best_mean, cell.best_std, cell.n_done)
-    if cell.n_failed and cell.n_done:
-        text += f" + {cell.n_failed} failed"
-    return text + markers(cell)
+    return measured_cell_text(cell, "best")
 
 
 def last_text(cell: CellStats) -> str:

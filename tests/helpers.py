@@ -29,3 +29,49 @@ def valid_record_text(status: str = "done") -> str:
     name = "result.json" if status == "done" else "failed.json"
     return next(p for p in sorted(_FIXTURE_RESULTS.rglob(name)) if json.loads(p.read_text())["status"] == status
                 ).read_text()
+
+
+# -- resume equivalence: a reference run, the same run killed in another results root -------------
+def model_weights(run_dir: Path) -> dict[str, Any]:
+    import torch
+
+    return torch.load(run_dir / "model.pt", weights_only=True)["model"]
+
+
+def reference_run(overrides: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train ``overrides`` (one digits run) to the end; returns (its record, its final weights)."""
+    from curvenet.engine.records import read_record
+    from curvenet.run import run_planned
+    from curvenet.suites import plan_suite
+
+    (plan,) = plan_suite("digits", overrides)
+    assert run_planned(plan) == "done"
+    return read_record(plan.run_dir / "result.json"), model_weights(plan.run_dir)
+
+
+def interrupted_run(overrides: list[str], root: Path, monkeypatch: Any, epochs: int) -> Any:
+    """The same run in a fresh results root ``root``, killed after ``epochs`` epochs; returns its plan."""
+    import pytest
+
+    from curvenet.engine.loop import Interrupted
+    from curvenet.run import run_planned
+    from curvenet.suites import plan_suite
+
+    monkeypatch.setenv("CURVEBENCH_RESULTS", str(root))
+    (plan,) = plan_suite("digits", overrides)
+    with pytest.raises(Interrupted):
+        run_planned(plan, interrupt_after=epochs)
+    return plan
+
+
+def assert_same_result(run_dir: Path, reference: dict[str, Any], ref_weights: dict[str, Any] | None = None) -> None:
+    """Per-epoch accuracy and loss, and (when given) every final weight, bit for bit."""
+    import torch
+
+    from curvenet.engine.records import read_record
+
+    again = read_record(run_dir / "result.json")
+    assert again["metrics"]["top1_per_epoch"] == reference["metrics"]["top1_per_epoch"]
+    assert [p["loss_per_epoch"] for p in again["phases"]] == [p["loss_per_epoch"] for p in reference["phases"]]
+    for key, value in (ref_weights or {}).items():
+        assert torch.equal(value, model_weights(run_dir)[key]), key

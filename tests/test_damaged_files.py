@@ -16,45 +16,22 @@ from curvenet.engine.records import read_record
 from curvenet.run import run_planned
 from curvenet.suites import plan_suite
 from curvenet.workers import CLAIM_FILE, read_claim, try_claim
-from tests.helpers import cli
-from tests.test_engine import DIGITS_CE, _weights  # the resume tests' 3-epoch CE run
+from tests.helpers import assert_same_result, cli, interrupted_run, reference_run
+from tests.test_engine import DIGITS_CE  # the resume tests' 3-epoch CE run
 
 
 # ================================================================================================
 # checkpoint.pt: damaged (truncated, emptied, garbage) -> set aside; resume from checkpoint.prev.pt
 # or from scratch, saying which; never failed.json
 # ================================================================================================
-def _reference(workdirs):
-    (plan,) = plan_suite("digits", DIGITS_CE)
-    assert run_planned(plan) == "done"
-    return read_record(plan.run_dir / "result.json"), _weights(plan.run_dir)
-
-
-def _interrupted(tmp_path, monkeypatch, epochs: int):
-    """A fresh results root with the same run killed after ``epochs`` epochs."""
-    monkeypatch.setenv("CURVEBENCH_RESULTS", str(tmp_path / "again"))
-    (plan,) = plan_suite("digits", DIGITS_CE)
-    with pytest.raises(Interrupted):
-        run_planned(plan, interrupt_after=epochs)
-    return plan
-
-
 def _truncate(path, keep: float = 0.5) -> bytes:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
     return path.read_bytes()
 
 
-def _same_result(run_dir, reference, ref_weights) -> None:
-    again = read_record(run_dir / "result.json")
-    assert again["metrics"]["top1_per_epoch"] == reference["metrics"]["top1_per_epoch"]
-    assert [p["loss_per_epoch"] for p in again["phases"]] == [p["loss_per_epoch"] for p in reference["phases"]]
-    for key, value in ref_weights.items():
-        assert torch.equal(value, _weights(run_dir)[key]), key
-
-
 def test_the_previous_checkpoint_is_kept_until_the_next_is_complete(workdirs, tmp_path, monkeypatch):
-    plan = _interrupted(tmp_path, monkeypatch, 2)
+    plan = interrupted_run(DIGITS_CE, tmp_path / "again", monkeypatch, 2)
     ckpt, prev = plan.run_dir / "checkpoint.pt", plan.run_dir / PREVIOUS_FILE
     assert torch.load(ckpt, weights_only=True)["epoch"] == 1
     assert torch.load(prev, weights_only=True)["epoch"] == 0
@@ -64,8 +41,8 @@ def test_the_previous_checkpoint_is_kept_until_the_next_is_complete(workdirs, tm
 
 def test_truncated_checkpoint_resumes_from_the_previous_one_bit_identically(workdirs, tmp_path, monkeypatch,
                                                                              capsys):
-    reference, ref_weights = _reference(workdirs)
-    plan = _interrupted(tmp_path, monkeypatch, 2)  # checkpoint.pt: epoch 1, checkpoint.prev.pt: epoch 0
+    reference, ref_weights = reference_run(DIGITS_CE)
+    plan = interrupted_run(DIGITS_CE, tmp_path / "again", monkeypatch, 2)  # checkpoint.pt: epoch 1, checkpoint.prev.pt: epoch 0
     ckpt = plan.run_dir / "checkpoint.pt"
     damaged = _truncate(ckpt)
     capsys.readouterr()
@@ -76,13 +53,13 @@ def test_truncated_checkpoint_resumes_from_the_previous_one_bit_identically(work
     assert line.endswith(f"resuming from {PREVIOUS_FILE} (phase train, epoch 0)")
     assert (plan.run_dir / "checkpoint.pt.damaged-1").read_bytes() == damaged  # kept as it was
     assert not (plan.run_dir / "failed.json").exists()
-    _same_result(plan.run_dir, reference, ref_weights)
+    assert_same_result(plan.run_dir, reference, ref_weights)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "empty", "garbage"])
 def test_damaged_only_checkpoint_restarts_from_scratch(workdirs, tmp_path, monkeypatch, capsys, damage):
-    reference, ref_weights = _reference(workdirs)
-    plan = _interrupted(tmp_path, monkeypatch, 1)  # one checkpoint, no previous one
+    reference, ref_weights = reference_run(DIGITS_CE)
+    plan = interrupted_run(DIGITS_CE, tmp_path / "again", monkeypatch, 1)  # one checkpoint, no previous one
     ckpt = plan.run_dir / "checkpoint.pt"
     assert not (plan.run_dir / PREVIOUS_FILE).exists()
     if damage == "truncate":
@@ -97,13 +74,13 @@ def test_damaged_only_checkpoint_restarts_from_scratch(workdirs, tmp_path, monke
     assert str(ckpt) in line and "damaged" in line and line.endswith("the run restarts from scratch")
     assert (plan.run_dir / "checkpoint.pt.damaged-1").read_bytes() == bad
     assert not (plan.run_dir / "failed.json").exists()
-    _same_result(plan.run_dir, reference, ref_weights)
+    assert_same_result(plan.run_dir, reference, ref_weights)
 
 
 def test_both_checkpoints_damaged_restart_from_scratch_and_nothing_is_overwritten(workdirs, tmp_path, monkeypatch,
                                                                                     capsys):
-    reference, ref_weights = _reference(workdirs)
-    plan = _interrupted(tmp_path, monkeypatch, 2)
+    reference, ref_weights = reference_run(DIGITS_CE)
+    plan = interrupted_run(DIGITS_CE, tmp_path / "again", monkeypatch, 2)
     ckpt, prev = plan.run_dir / "checkpoint.pt", plan.run_dir / PREVIOUS_FILE
     earlier = plan.run_dir / "checkpoint.pt.damaged-1"
     earlier.write_bytes(b"set aside by an earlier resume")
@@ -118,22 +95,22 @@ def test_both_checkpoints_damaged_restart_from_scratch_and_nothing_is_overwritte
     assert earlier.read_bytes() == b"set aside by an earlier resume"
     assert (plan.run_dir / "checkpoint.pt.damaged-2").read_bytes() == bad_ckpt
     assert (plan.run_dir / f"{PREVIOUS_FILE}.damaged-1").read_bytes() == bad_prev
-    _same_result(plan.run_dir, reference, ref_weights)
+    assert_same_result(plan.run_dir, reference, ref_weights)
 
 
 def test_missing_checkpoint_with_a_previous_one_resumes_from_it(workdirs, tmp_path, monkeypatch, capsys):
     """Killed between the two renames of a checkpoint write: only checkpoint.prev.pt is there."""
-    reference, ref_weights = _reference(workdirs)
-    plan = _interrupted(tmp_path, monkeypatch, 2)
+    reference, ref_weights = reference_run(DIGITS_CE)
+    plan = interrupted_run(DIGITS_CE, tmp_path / "again", monkeypatch, 2)
     (plan.run_dir / "checkpoint.pt").unlink()
     capsys.readouterr()
     assert run_planned(plan) == "done"
     assert f"resuming from {PREVIOUS_FILE} (phase train, epoch 0)" in capsys.readouterr().err
-    _same_result(plan.run_dir, reference, ref_weights)
+    assert_same_result(plan.run_dir, reference, ref_weights)
 
 
 def test_damaged_checkpoint_through_the_cli_never_becomes_a_failed_run(workdirs, tmp_path, monkeypatch, capsys):
-    plan = _interrupted(tmp_path, monkeypatch, 1)
+    plan = interrupted_run(DIGITS_CE, tmp_path / "again", monkeypatch, 1)
     _truncate(plan.run_dir / "checkpoint.pt")
     assert cli("digits", *DIGITS_CE) == 0
     err = capsys.readouterr().err

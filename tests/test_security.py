@@ -15,11 +15,10 @@ import torch
 
 import curvenet.engine.loop as loop
 from curvenet.engine.checkpoint import decode, encode, rng_state, set_rng_state
-from curvenet.engine.loop import Interrupted
-from curvenet.engine.records import read_record
 from curvenet.run import run_planned
 from curvenet.suites import plan_suite
-from tests.test_engine import DIGITS_CE, _weights
+from tests.helpers import assert_same_result, interrupted_run, reference_run
+from tests.test_engine import DIGITS_CE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,14 +122,8 @@ class _CreatesAFile:
 
 @pytest.mark.parametrize("zipfile", [True, False], ids=["zip", "legacy-pickle"])
 def test_crafted_checkpoint_runs_no_code_and_the_run_restarts(workdirs, tmp_path, monkeypatch, capsys, zipfile):
-    (plan,) = plan_suite("digits", DIGITS_CE)
-    assert run_planned(plan) == "done"
-    reference = read_record(plan.run_dir / "result.json")
-
-    monkeypatch.setenv("CURVEBENCH_RESULTS", str(tmp_path / "again"))
-    (plan2,) = plan_suite("digits", DIGITS_CE)
-    with pytest.raises(Interrupted):
-        run_planned(plan2, interrupt_after=1)
+    reference, _ = reference_run(DIGITS_CE)
+    plan2 = interrupted_run(DIGITS_CE, tmp_path / "again", monkeypatch, 1)
     ckpt = plan2.run_dir / "checkpoint.pt"
     evidence = tmp_path / "pwned"
     torch.save({"phase": "train", "epoch": 2, "method": _CreatesAFile(evidence)}, ckpt,
@@ -146,9 +139,7 @@ def test_crafted_checkpoint_runs_no_code_and_the_run_restarts(workdirs, tmp_path
     assert "set aside as checkpoint.pt.refused-1" in line and line.endswith("the run restarts from scratch")
     assert (plan2.run_dir / "checkpoint.pt.refused-1").read_bytes() == crafted  # kept as it was, for inspection
     assert not (plan2.run_dir / "failed.json").exists()
-    again = read_record(plan2.run_dir / "result.json")
-    assert again["metrics"]["top1_per_epoch"] == reference["metrics"]["top1_per_epoch"]
-    assert [p["loss_per_epoch"] for p in again["phases"]] == [p["loss_per_epoch"] for p in reference["phases"]]
+    assert_same_result(plan2.run_dir, reference)
 
 
 def _as_written_before(state: dict) -> dict:
@@ -164,15 +155,8 @@ def _as_written_before(state: dict) -> dict:
 def test_checkpoint_of_an_earlier_version_resumes_exactly(workdirs, tmp_path, monkeypatch, capsys):
     """Checkpoints written before the safe format (numpy arrays, numpy's and Python's RNG tuples) still
     resume, bit-identically, under weights_only=True with numpy's array rebuilders allowed."""
-    (plan,) = plan_suite("digits", DIGITS_CE)
-    assert run_planned(plan) == "done"
-    reference = read_record(plan.run_dir / "result.json")
-    ref_weights = _weights(plan.run_dir)
-
-    monkeypatch.setenv("CURVEBENCH_RESULTS", str(tmp_path / "again"))
-    (plan2,) = plan_suite("digits", DIGITS_CE)
-    with pytest.raises(Interrupted):
-        run_planned(plan2, interrupt_after=1)
+    reference, ref_weights = reference_run(DIGITS_CE)
+    plan2 = interrupted_run(DIGITS_CE, tmp_path / "again", monkeypatch, 1)
     ckpt = plan2.run_dir / "checkpoint.pt"
     old = _as_written_before(decode(torch.load(ckpt, weights_only=True)))
     assert isinstance(old["conf_last"], np.ndarray)
@@ -183,11 +167,7 @@ def test_checkpoint_of_an_earlier_version_resumes_exactly(workdirs, tmp_path, mo
 
     assert run_planned(plan2) == "done"
     assert "checkpoint" not in capsys.readouterr().err  # a plain resume
-    again = read_record(plan2.run_dir / "result.json")
-    assert again["metrics"]["top1_per_epoch"] == reference["metrics"]["top1_per_epoch"]
-    assert [p["loss_per_epoch"] for p in again["phases"]] == [p["loss_per_epoch"] for p in reference["phases"]]
-    for key, value in ref_weights.items():
-        assert torch.equal(value, _weights(plan2.run_dir)[key]), key
+    assert_same_result(plan2.run_dir, reference, ref_weights)
 
 
 # ------------------------------------------------------------------------------------------------

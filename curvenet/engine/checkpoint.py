@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from curvenet.io import atomic_path
+from curvenet.io import atomic_path, move_aside
 
 CHECKPOINT_FILE = "checkpoint.pt"
 PREVIOUS_FILE = "checkpoint.prev.pt"  # the checkpoint before the last one, kept until the next is complete
@@ -210,15 +210,6 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     return decode(state)
 
 
-def set_aside(path: Path, kind: str) -> Path:
-    """Rename ``path`` to ``<name>.<kind>-N`` with the first free N; never overwrites."""
-    n = 1
-    while (target := path.with_name(f"{path.name}.{kind}-{n}")).exists():
-        n += 1
-    os.rename(path, target)
-    return target
-
-
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
@@ -236,7 +227,8 @@ def resume_state(path: Path, device: torch.device, log: Callable[[str], None] = 
         try:
             state = load_checkpoint(candidate, device)
         except UnusableCheckpoint as err:
-            aside = set_aside(candidate, err.kind)
+            kind = err.kind
+            aside = move_aside(candidate, lambda n: f"{candidate.name}.{kind}-{n}")
             notes.append(f"{candidate.name if notes else candidate}: {err.reason}; set aside as {aside.name}")
             continue
         if candidate == prev:

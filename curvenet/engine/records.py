@@ -203,21 +203,6 @@ def run_record_state(run_dir: Path) -> str:
     return {"valid": "failed", "corrupt": "corrupt", "setup": "retry"}.get(failed, "none")
 
 
-def set_aside(path: Path, tag: str) -> Path:
-    """Move ``path`` to ``<stem>.<tag>-N<suffix>`` (the first free N) and return it; never overwrites."""
-    path = Path(path)
-    n = 1
-    while True:
-        target = path.with_name(f"{path.stem}.{tag}-{n}{path.suffix}")
-        try:
-            os.link(path, target)  # fails if target exists, unlike rename
-        except FileExistsError:
-            n += 1
-            continue
-        path.unlink()
-        return target
-
-
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()

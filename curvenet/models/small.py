@@ -1,4 +1,4 @@
-"""A small CNN for the 8x8 digits data set: same interface as the CIFAR models, CPU-cheap."""
+"""Small CNNs for 8x8 digits and 28x28 Fashion-MNIST: same interface as the CIFAR models, CPU-cheap."""
 
 from __future__ import annotations
 
@@ -14,20 +14,19 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
 
-class DigitsCNN(nn.Module):
-    """stem(16) -> stage1(16) -> stage2(32, /2) -> stage3(64, /2) -> global pool -> linear."""
+class SmallCNN(nn.Module):
+    """Four conv-BN-ReLU stages (``stem``, ``stage1..3``) -> global pool -> linear; widths and strides per stage."""
 
     slmo_groups = (("stem",), ("stage1",), ("stage2",), ("stage3",))
     classifier = "linear"
 
-    def __init__(self, num_classes: int, in_channels: int = 1, width: int = 16) -> None:
+    def __init__(self, num_classes: int, in_channels: int, widths: tuple[int, int, int, int],
+                 strides: tuple[int, int, int, int]) -> None:
         super().__init__()
-        self.stem = _conv_bn(in_channels, width)
-        self.stage1 = _conv_bn(width, width)
-        self.stage2 = _conv_bn(width, 2 * width, 2)
-        self.stage3 = _conv_bn(2 * width, 4 * width, 2)
-        self.feature_dim = 4 * width
-        self.linear = nn.Linear(4 * width, num_classes)
+        cins = (in_channels, *widths[:3])
+        self.stem, self.stage1, self.stage2, self.stage3 = (_conv_bn(c, w, s) for c, w, s in zip(cins, widths, strides))
+        self.feature_dim = widths[-1]
+        self.linear = nn.Linear(widths[-1], num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         out = self.stage3(self.stage2(self.stage1(self.stem(x))))
@@ -35,6 +34,13 @@ class DigitsCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(self.features(x))
+
+
+class DigitsCNN(SmallCNN):
+    """stem(16) -> stage1(16) -> stage2(32, /2) -> stage3(64, /2) -> global pool -> linear."""
+
+    def __init__(self, num_classes: int, in_channels: int = 1, width: int = 16) -> None:
+        super().__init__(num_classes, in_channels, (width, width, 2 * width, 4 * width), (1, 1, 2, 2))
 
 
 @register_model("digits_cnn")
@@ -44,7 +50,7 @@ def digits_cnn(num_classes: int, in_channels: int = 1, init: str = "kaiming", wi
     return model
 
 
-class FmnistCNN(nn.Module):
+class FmnistCNN(SmallCNN):
     """For 28x28 Fashion-MNIST: stem(w, /2) -> stage1(2w) -> stage2(4w, /2) -> stage3(4w) -> pool -> linear.
 
     The stride-2 stem halves the resolution first (14x14, then 7x7): at w = 8 a training step costs
@@ -52,24 +58,8 @@ class FmnistCNN(nn.Module):
     methods run per epoch evaluations on the full 10,000-image test set within the CPU budget.
     """
 
-    slmo_groups = (("stem",), ("stage1",), ("stage2",), ("stage3",))
-    classifier = "linear"
-
     def __init__(self, num_classes: int, in_channels: int = 1, width: int = 8) -> None:
-        super().__init__()
-        self.stem = _conv_bn(in_channels, width, 2)
-        self.stage1 = _conv_bn(width, 2 * width)
-        self.stage2 = _conv_bn(2 * width, 4 * width, 2)
-        self.stage3 = _conv_bn(4 * width, 4 * width)
-        self.feature_dim = 4 * width
-        self.linear = nn.Linear(4 * width, num_classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.stage3(self.stage2(self.stage1(self.stem(x))))
-        return F.adaptive_avg_pool2d(out, 1).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.features(x))
+        super().__init__(num_classes, in_channels, (width, 2 * width, 4 * width, 4 * width), (2, 1, 2, 1))
 
 
 @register_model("fmnist_cnn")
