@@ -30,6 +30,32 @@ def _truncate(path, keep: float = 0.5) -> bytes:
     return path.read_bytes()
 
 
+def test_the_checkpoint_exists_at_every_step_of_a_save(tmp_path, monkeypatch):
+    """A signal between any two file operations of a save (a SLURM requeue) leaves checkpoint.pt."""
+    import os
+
+    from curvenet.engine.checkpoint import save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"phase": "train", "epoch": 0})
+    seen = []
+    for name in ("replace", "link", "unlink", "rename"):
+        real = getattr(os, name)
+
+        def spy(*args, _real=real, _name=name, **kw):
+            seen.append((_name, path.exists()))
+            out = _real(*args, **kw)
+            seen.append((_name, path.exists()))
+            return out
+
+        monkeypatch.setattr(os, name, spy)
+    save_checkpoint(path, {"phase": "train", "epoch": 1})
+    monkeypatch.undo()
+    assert seen and all(exists for _, exists in seen), seen
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    assert torch.load(tmp_path / PREVIOUS_FILE, weights_only=True)["epoch"] == 0
+
+
 def test_the_previous_checkpoint_is_kept_until_the_next_is_complete(workdirs, tmp_path, monkeypatch):
     plan = interrupted_run(DIGITS_CE, tmp_path / "again", monkeypatch, 2)
     ckpt, prev = plan.run_dir / "checkpoint.pt", plan.run_dir / PREVIOUS_FILE

@@ -132,7 +132,9 @@ def decode(obj: Any) -> Any:
 # -- writing --------------------------------------------------------------------------------------
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write ``path`` atomically; the checkpoint it replaces becomes ``checkpoint.prev.pt`` once the
-    new one is completely on disk."""
+    new one is completely on disk. ``path`` exists at every instant (the old one, then the new one):
+    the previous checkpoint is a hard link made before the new file is moved into place, so a
+    signal at any point (a SLURM requeue) leaves a checkpoint to resume from under its usual name."""
     path = Path(path)
     data = encode(payload)
     with atomic_path(path) as tmp:
@@ -140,7 +142,9 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         if path.exists():
-            os.replace(path, previous_path(path))
+            with atomic_path(previous_path(path)) as prev_tmp:
+                prev_tmp.unlink(missing_ok=True)
+                os.link(path, prev_tmp)
 
 
 def remove_checkpoints(run_dir: Path) -> None:
