@@ -207,8 +207,10 @@ def _run_here(args: argparse.Namespace, runs: list) -> int:
         elif event.kind == "end":
             bar.update(1)
             if not progress:
-                print(f"{tag}{event.outcome:<8} {event.index}/{len(runs)} {event.seconds:7.1f} s  {event.plan.label}",
-                      flush=True)
+                # one write per line (end included): worker processes share the pipe, and with
+                # PYTHONUNBUFFERED print's text and newline would be two writes that interleave
+                print(f"{tag}{event.outcome:<8} {event.index}/{len(runs)} {event.seconds:7.1f} s  {event.plan.label}\n",
+                      end="", flush=True)
         elif event.kind == "wait":
             message = (f"{tag}waiting for {len(event.waiting)} run(s) that other workers are training "
                        "(reclaimed if their worker dies)")
@@ -218,7 +220,8 @@ def _run_here(args: argparse.Namespace, runs: list) -> int:
                           report=report)
     bar.close()
     if args.worker_name:
-        print(f"{tag}finished: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()) if n), flush=True)
+        print(f"{tag}finished: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()) if n) + "\n", end="",
+              flush=True)
     else:
         summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
         print(f"suite {args.suite}: {summary}; results under {runs[0].config['paths']['results']}")
