@@ -66,7 +66,7 @@ RUN python -m venv /opt/venv \
 
 COPY --from=project /overlay/ /
 
-# Provenance written into every result.json (curvenet/engine/records.py reads these). Declared
+# Provenance written into every result.json (curvebench/engine/records.py reads these). Declared
 # after the big layer (a changed ARG invalidates every later RUN); one ARG/ENV step each, since
 # every step copies the whole image on some storage drivers.
 ARG CURVEBENCH_GIT_SHA="" CURVEBENCH_GIT_DIRTY=0 CURVEBENCH_IMAGE=curvebench

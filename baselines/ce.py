@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from curvenet.engine.method import Method, register_method
+from curvebench.engine.method import Method, register_method
 
 
 @register_method("ce")

@@ -12,7 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from baselines.common import (
+from curvebench.engine.method import Method, Phase, register_method
+from curvebench.engine.ops import one_hot
+from curvebench.engine.reweighting import (
     DEFAULT_BETA,
     as_device_tensor,
     check_beta,
@@ -20,8 +22,7 @@ from baselines.common import (
     class_balanced_weights,
     mean_weight_by_noise,
 )
-from curvenet.engine.method import ConfigError, Method, Phase, register_method
-from curvenet.engine.ops import one_hot
+from curvebench.errors import ConfigError
 
 LOSS_TYPES = ("softmax", "sigmoid", "focal")
 

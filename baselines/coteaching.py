@@ -10,7 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from baselines.selection import check_forget_rate, precision_recall, small_loss_positions
-from curvenet.engine.method import ConfigError, Method, Phase, register_method
+from curvebench.engine.method import Method, Phase, register_method
+from curvebench.errors import ConfigError
 
 
 def keep_rate(epoch: int, tau: float, t_k: float) -> float:

@@ -11,7 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from curvenet.engine.method import ConfigError, Method, Phase, register_method
+from curvebench.engine.method import Method, Phase, register_method
+from curvebench.errors import ConfigError
 
 EPS = 1e-6  # DAL's probability clamp and log offset
 

@@ -77,11 +77,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from curvenet.engine.data import Batch, ImageSet, MetaSampler
-from curvenet.engine.fastpath import no_tf32
-from curvenet.engine.method import ConfigError, Method, Phase, register_method
-from curvenet.engine.ops import one_hot
-from curvenet.engine.virtual import FunctionalModel, SGDRule, meta_backward, momentum_buffers
+from curvebench.engine.data import Batch, ImageSet, MetaSampler
+from curvebench.engine.fastpath import no_tf32
+from curvebench.engine.method import Method, Phase, register_method
+from curvebench.engine.ops import one_hot
+from curvebench.engine.virtual import FunctionalModel, SGDRule, meta_backward, momentum_buffers
+from curvebench.errors import ConfigError
 
 
 def _mlp(h: int, out: int, final_bias: float) -> nn.Sequential:

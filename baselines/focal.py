@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from baselines.common import check_nonneg
-from curvenet.engine.method import Method, Phase, register_method
+from curvebench.engine.method import Method, Phase, register_method
+from curvebench.engine.reweighting import check_nonneg
 
 
 def softmax_focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float,

@@ -22,7 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from baselines.common import (
+from curvebench.engine.method import Method, Phase, register_method
+from curvebench.engine.reweighting import (
     DEFAULT_BETA,
     as_device_tensor,
     check_drw_options,
@@ -31,8 +32,8 @@ from baselines.common import (
     drw_start_epoch,
     mean_weight_by_noise,
 )
-from curvenet.engine.method import ConfigError, Method, Phase, register_method
-from curvenet.engine.schedules import recipe_lr
+from curvebench.engine.schedules import recipe_lr
+from curvebench.errors import ConfigError
 
 ERR_EXPONENT, COUNT_EXPONENT = 0.6, 0.4  # weight_est.py
 

@@ -6,7 +6,7 @@ Every iteration (the meta step runs every iteration, as in both official codes):
 1. virtual step: per-sample CE l_i of the classifier on the training batch, weights w_i = V(l_i; Theta)
    from the weighting network V (Linear 1->100, ReLU, Linear 100->1, sigmoid), and one differentiable
    plain-SGD step theta' = theta - lr_t * grad L_virt (no momentum, no weight decay; lr_t = the
-   classifier's current lr), through ``curvenet.engine.virtual`` (no model copy; the virtual and meta
+   classifier's current lr), through ``curvebench.engine.virtual`` (no model copy; the virtual and meta
    forwards use cloned BatchNorm buffers, so they never touch the real model's running statistics);
 2. meta step: mean CE of theta' on a clean meta batch, back-propagated into Theta only, optimiser step
    on V;
@@ -67,10 +67,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from curvenet.engine.data import Batch
-from curvenet.engine.fastpath import no_tf32
-from curvenet.engine.method import ConfigError, Method, Phase, register_method
-from curvenet.engine.virtual import FunctionalModel, SGDRule, meta_backward
+from curvebench.engine.data import Batch
+from curvebench.engine.fastpath import no_tf32
+from curvebench.engine.method import Method, Phase, register_method
+from curvebench.engine.virtual import FunctionalModel, SGDRule, meta_backward
+from curvebench.errors import ConfigError
 
 VNET_OPTIMIZERS = ("adam", "sgd")
 

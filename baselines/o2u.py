@@ -11,7 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from baselines.selection import check_forget_rate, precision_recall
-from curvenet.engine.method import ConfigError, Method, Phase, register_method
+from curvebench.engine.method import Method, Phase, register_method
+from curvebench.errors import ConfigError
 
 PRETRAIN, CYCLIC, RETRAIN = "pretrain", "cyclic", "retrain"
 RETRAIN_INITS = ("scratch", "pretrained")

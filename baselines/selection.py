@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from curvenet.engine.method import ConfigError
+from curvebench.errors import ConfigError
 
 
 def forget_rate(cfg: Any) -> float:

@@ -1,7 +1,9 @@
-"""curvebench: a reproducible benchmark for learning with noisy labels and class imbalance.
+"""CurveNet (Jiang et al., AAAI 2022), a method of the benchmark and a peer of ``baselines``:
+the probing schedule (``probe``), loss curves (``curves``), the curve-perception network
+(``network``), its meta step (``meta_step``) and the ``Method`` classes ``curvenet`` /
+``curvenet_drw`` (``method``). It imports the harness (``curvebench``); the harness never imports it
+except through the method list."""
 
-The package ``curvenet`` holds the harness (data protocol, engine, configs, CLI) and the CurveNet
-method itself; ``baselines`` holds every other method; ``leaderboard`` turns run records into tables.
-"""
+from curvenet.method import CurveNetDRW, CurveNetMethod
 
-__version__ = "0.1.0"
+__all__ = ["CurveNetDRW", "CurveNetMethod"]

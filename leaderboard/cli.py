@@ -61,7 +61,7 @@ def check_current(built: Path, published: Path) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    from curvenet.paths import results_root
+    from curvebench.paths import results_root
 
     p = argparse.ArgumentParser(prog="curvebench leaderboard", description=__doc__.split("\n\n")[1])
     p.add_argument("results", nargs="?", type=Path, default=None,
@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
         print(f"curvebench leaderboard: error: {problem}", file=sys.stderr)
         return 2
 
-    from curvenet.config import group_options
+    from curvebench.config import group_options
     from leaderboard.report import ReportOptions, build_report
 
     shown = [a for a in argv if a != "--check"]  # the command that regenerates the file

@@ -15,14 +15,10 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from curvenet.engine.hardware import stack_label
-from curvenet.engine.records import (
-    FAILED_FILE,
-    RESULT_FILE,
-    RecordError,
-    validate_record,
-)
-from curvenet.suites import grid_value
+from curvebench.engine.hardware import stack_label
+from curvebench.engine.records import FAILED_FILE, RESULT_FILE, validate_record
+from curvebench.errors import RecordError
+from curvebench.suites import grid_value
 
 RECORD_FILES = (RESULT_FILE, FAILED_FILE)
 MISSING = object()  # a config key the record does not have
@@ -51,7 +47,7 @@ class Runs:
         return self.records[path]
 
     def values(self, key: str, index: pd.Index | None = None) -> pd.Series:
-        """A config key (``curvenet.suites.grid_value`` syntax) per run; MISSING where absent."""
+        """A config key (``curvebench.suites.grid_value`` syntax) per run; MISSING where absent."""
         paths = self.frame["path"] if index is None else self.frame.loc[index, "path"]
         return paths.map(lambda p: config_value(self.records[p]["config"], key))
 

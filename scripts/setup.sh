@@ -15,4 +15,4 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements/lock.txt
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
-.venv/bin/python -c "import torch, torchvision, curvenet; print('curvebench', curvenet.__version__, '| torch', torch.__version__, '| cuda available:', torch.cuda.is_available())"
+.venv/bin/python -c "import torch, torchvision, curvebench; print('curvebench', curvebench.__version__, '| torch', torch.__version__, '| cuda available:', torch.cuda.is_available())"

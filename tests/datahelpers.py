@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from curvenet.data.cifar import CIFAR10_CLASSES
-from curvenet.data.types import ImageArrays
+from curvebench.data.cifar import CIFAR10_CLASSES
+from curvebench.data.types import ImageArrays
 
-CONF = Path(__file__).resolve().parents[1] / "curvenet" / "conf"
+CONF = Path(__file__).resolve().parents[1] / "curvebench" / "conf"
 
 
 def dataset_cfg(name: str) -> dict:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from curvenet.cli import main
+from curvebench.cli import main
 
 
 def cli(*args: str) -> int:
@@ -40,9 +40,9 @@ def model_weights(run_dir: Path) -> dict[str, Any]:
 
 def reference_run(overrides: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train ``overrides`` (one digits run) to the end; returns (its record, its final weights)."""
-    from curvenet.engine.records import read_record
-    from curvenet.run import run_planned
-    from curvenet.suites import plan_suite
+    from curvebench.engine.records import read_record
+    from curvebench.run import run_planned
+    from curvebench.suites import plan_suite
 
     (plan,) = plan_suite("digits", overrides)
     assert run_planned(plan) == "done"
@@ -53,9 +53,9 @@ def interrupted_run(overrides: list[str], root: Path, monkeypatch: Any, epochs: 
     """The same run in a fresh results root ``root``, killed after ``epochs`` epochs; returns its plan."""
     import pytest
 
-    from curvenet.engine.loop import Interrupted
-    from curvenet.run import run_planned
-    from curvenet.suites import plan_suite
+    from curvebench.engine.loop import Interrupted
+    from curvebench.run import run_planned
+    from curvebench.suites import plan_suite
 
     monkeypatch.setenv("CURVEBENCH_RESULTS", str(root))
     (plan,) = plan_suite("digits", overrides)
@@ -68,7 +68,7 @@ def assert_same_result(run_dir: Path, reference: dict[str, Any], ref_weights: di
     """Per-epoch accuracy and loss, and (when given) every final weight, bit for bit."""
     import torch
 
-    from curvenet.engine.records import read_record
+    from curvebench.engine.records import read_record
 
     again = read_record(run_dir / "result.json")
     assert again["metrics"]["top1_per_epoch"] == reference["metrics"]["top1_per_epoch"]

@@ -8,12 +8,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from curvenet.config import compose_config
-from curvenet.engine.augment import Normalize
-from curvenet.engine.context import TrainContext
-from curvenet.engine.data import ImageSet
-from curvenet.engine.method import METHODS, Method
-from curvenet.methods import load_all_methods
+from curvebench.config import compose_config
+from curvebench.engine.augment import Normalize
+from curvebench.engine.context import TrainContext
+from curvebench.engine.data import ImageSet
+from curvebench.engine.method import METHODS, Method
+from curvebench.methods import load_all_methods
 
 _CFG_CACHE: dict[tuple[str, ...], object] = {}
 

@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from curvenet.engine.augment import Normalize, random_crop_flip
+from curvebench.engine.augment import Normalize, random_crop_flip
 
 
 def _all_views(img: torch.Tensor, pad: int) -> list[torch.Tensor]:

@@ -11,13 +11,14 @@ import torch
 from omegaconf import OmegaConf
 
 from baselines.class_balanced import cb_focal_loss, cb_sigmoid_loss, cb_softmax_loss
-from baselines.common import class_balanced_weights, drw_class_weights, drw_start_epoch
 from baselines.dal import dal_lambda, dal_loss, dal_q, dal_t0, gce_loss, prediction_entropy
 from baselines.focal import softmax_focal_loss
 from baselines.ldam_drw import NormedLinear, ldam_loss, ldam_margins
-from curvenet.config import compose_config
-from curvenet.engine.data import Batch
-from curvenet.engine.method import METHODS, ConfigError, Phase
+from curvebench.config import compose_config
+from curvebench.engine.data import Batch
+from curvebench.engine.method import METHODS, Phase
+from curvebench.engine.reweighting import class_balanced_weights, drw_class_weights, drw_start_epoch
+from curvebench.errors import ConfigError
 from tests.methodhelpers import config, labels_from_counts, make_method
 
 LN2, LN3, LN4 = math.log(2), math.log(3), math.log(4)

@@ -19,12 +19,12 @@ import pytest
 import torch
 import yaml
 
-from curvenet import workers
-from curvenet.cli import main
-from curvenet.engine.method import METHODS
-from curvenet.engine.records import config_hash
-from curvenet.methods import load_all_methods
-from curvenet.suites import plan_suite
+from curvebench import workers
+from curvebench.cli import main
+from curvebench.engine.method import METHODS
+from curvebench.engine.records import config_hash
+from curvebench.methods import load_all_methods
+from curvebench.suites import plan_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 LB_FIXTURE_RESULTS = ROOT / "tests" / "fixtures" / "leaderboard" / "results"
@@ -91,7 +91,7 @@ def test_leaderboard_output_that_is_a_directory_is_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("args", [["--help"], ["status", "--help"]])
 def test_help_into_a_closed_pipe_is_silent(args):
-    proc = subprocess.Popen([sys.executable, "-m", "curvenet.cli", *args], env=_env(), cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "curvebench.cli", *args], env=_env(), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # as `| head -3` does once it has its lines: every write now fails with EPIPE
     err = proc.stderr.read().decode()
@@ -141,7 +141,7 @@ def test_show_config_prints_every_planned_run(workdirs, capsys):
 
 # -- --version, status and list without a suite --------------------------------------------------
 def test_version(capsys):
-    from curvenet import __version__
+    from curvebench import __version__
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith(f"curvebench {__version__}")
@@ -267,7 +267,7 @@ def test_progress_label_keeps_the_seed(workdirs, capsys, monkeypatch):
 KILLED_WORKER = """
 import os, signal, sys
 from pathlib import Path
-from curvenet.workers import try_claim
+from curvebench.workers import try_claim
 try_claim(Path(sys.argv[1]), worker="w1")
 os.kill(os.getpid(), signal.SIGKILL)  # dies holding the claim, as an OOM-killed worker does
 """
@@ -306,10 +306,10 @@ def test_registered_method_without_yaml(methods, workdirs, capsys):
     methods.setitem(METHODS._items, "my_method", METHODS.get("ce"))
     assert main(["digits", "seed=1", *ONE_CELL, "--dry-run"]) == 0  # method: [all] still plans
     captured = capsys.readouterr()
-    assert "13 runs" in captured.out and "curvenet/conf/method/my_method.yaml" in captured.err
+    assert "13 runs" in captured.out and "curvebench/conf/method/my_method.yaml" in captured.err
     assert main(["digits", "method=my_method", "--dry-run"]) == 2
     line = capsys.readouterr().err.splitlines()[-1]
-    assert "add curvenet/conf/method/my_method.yaml" in line
+    assert "add curvebench/conf/method/my_method.yaml" in line
 
 
 def test_method_yaml_without_module_line(methods, workdirs, capsys):
@@ -319,14 +319,14 @@ def test_method_yaml_without_module_line(methods, workdirs, capsys):
     assert "12 runs" in captured.out and "METHOD_MODULES" in captured.err
     assert main(["digits", "method=focal", "--dry-run"]) == 2
     line = capsys.readouterr().err.splitlines()[-1]
-    assert "METHOD_MODULES in curvenet/methods.py" in line and "focal.yaml" in line
+    assert "METHOD_MODULES in curvebench/methods.py" in line and "focal.yaml" in line
 
 
 # ==============================================================================================
 # Planning errors (issue 11 §1): fixable causes are checked before any run trains, write no run
 # record, and the same command trains once the cause is fixed
 # ==============================================================================================
-from curvenet.data.synthetic import write_synthetic_cifar  # noqa: E402
+from curvebench.data.synthetic import write_synthetic_cifar  # noqa: E402
 from tests.helpers import cli, records  # noqa: E402
 
 ONE_RUN = ["method=ce", "seed=1", "split.imbalance_factor=1", "split.noise_rate=0.0", "recipe.epochs=1",
@@ -403,7 +403,7 @@ def test_a_read_only_results_root_is_an_error(workdirs, tmp_path):
     """Root ignores file modes, so as root the directory is made read-only by a private mount."""
     results = workdirs["results"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
-    command = [sys.executable, "-m", "curvenet.cli", "digits", *ONE_RUN, "--no-progress"]
+    command = [sys.executable, "-m", "curvebench.cli", "digits", *ONE_RUN, "--no-progress"]
     if os.geteuid() == 0:
         if shutil.which("unshare") is None:
             pytest.skip("as root a read-only directory needs unshare(1) for a private read-only mount")

@@ -16,15 +16,19 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from baselines.common import class_balanced_weights
-from curvenet.engine.loop import Interrupted, Trainer
-from curvenet.engine.method import ConfigError
-from curvenet.engine.virtual import FunctionalModel, SGDRule, meta_backward, slmo_frozen
+from curvebench.engine.loop import Interrupted, Trainer
+from curvebench.engine.phase_timer import PhaseTimer
+from curvebench.engine.reweighting import class_balanced_weights
+from curvebench.engine.virtual import FunctionalModel, SGDRule, meta_backward, slmo_frozen
+from curvebench.errors import ConfigError
+from curvebench.models import build_model
+from curvebench.run import build_context, run_planned
+from curvebench.suites import expand_grid, load_suite, plan_suite
+from curvenet.curves import class_epoch_stats, lowest_loss_per_class, normalise_curves
+from curvenet.meta_step import meta_loss, virtual_params
 from curvenet.method import CurveNetDRW, CurveNetMethod
-from curvenet.method.curves import class_epoch_stats, lowest_loss_per_class, normalise_curves
-from curvenet.method.meta_step import meta_loss, virtual_params
-from curvenet.method.network import CurveNet
-from curvenet.method.probe import (
+from curvenet.network import CurveNet
+from curvenet.probe import (
     PROBE,
     PROBE_CYCLIC,
     ProbeLock,
@@ -34,10 +38,6 @@ from curvenet.method.probe import (
     probe_lr,
     publish_curves,
 )
-from curvenet.method.timing import PhaseTimer
-from curvenet.models import build_model
-from curvenet.run import build_context, run_planned
-from curvenet.suites import expand_grid, load_suite, plan_suite
 from tests.helpers import cli, records, run_dirs
 from tests.test_virtual_step import Tiny  # the tiny BN network of the virtual-step tests
 

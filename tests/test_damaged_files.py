@@ -9,13 +9,13 @@ import json
 import pytest
 import torch
 
-from curvenet import workers
-from curvenet.engine.checkpoint import PREVIOUS_FILE
-from curvenet.engine.loop import Interrupted
-from curvenet.engine.records import read_record
-from curvenet.run import run_planned
-from curvenet.suites import plan_suite
-from curvenet.workers import CLAIM_FILE, read_claim, try_claim
+from curvebench import workers
+from curvebench.engine.checkpoint import PREVIOUS_FILE
+from curvebench.engine.loop import Interrupted
+from curvebench.engine.records import read_record
+from curvebench.run import run_planned
+from curvebench.suites import plan_suite
+from curvebench.workers import CLAIM_FILE, read_claim, try_claim
 from tests.helpers import assert_same_result, cli, interrupted_run, reference_run
 from tests.test_engine import DIGITS_CE  # the resume tests' 3-epoch CE run
 
@@ -34,7 +34,7 @@ def test_the_checkpoint_exists_at_every_step_of_a_save(tmp_path, monkeypatch):
     """A signal between any two file operations of a save (a SLURM requeue) leaves checkpoint.pt."""
     import os
 
-    from curvenet.engine.checkpoint import save_checkpoint
+    from curvebench.engine.checkpoint import save_checkpoint
 
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, {"phase": "train", "epoch": 0})
@@ -148,7 +148,7 @@ def test_damaged_checkpoint_through_the_cli_never_becomes_a_failed_run(workdirs,
 def test_curvenet_resumes_from_a_previous_checkpoint_of_its_probe(workdirs, tmp_path, monkeypatch, capsys):
     """Killed inside the allocating stage's epoch 1 with checkpoint.pt (its epoch 0) damaged: the
     previous checkpoint is the probe's last, and the run resumes from it to the same result."""
-    from curvenet.engine.loop import Trainer
+    from curvebench.engine.loop import Trainer
     from tests.test_curvenet import TINY_PROBE, TINY_RUN, _plan
 
     overrides = [*TINY_PROBE, *TINY_RUN]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curvenet.data import SplitSpec, make_split
-from curvenet.data.imbalance import class_counts
+from curvebench.data import SplitSpec, make_split
+from curvebench.data.imbalance import class_counts
 from tests.datahelpers import fake_cifar
 
 C10 = fake_cifar(10)

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-import curvenet.data.idx as idx
-from curvenet.data import DataError, load_dataset
-from curvenet.data.split import make_split
-from curvenet.data.types import SplitSpec
-from curvenet.models import build_model
+import curvebench.data.idx as idx
+from curvebench.data import load_dataset
+from curvebench.data.split import make_split
+from curvebench.data.types import SplitSpec
+from curvebench.errors import DataError
+from curvebench.models import build_model
 from tests.datahelpers import dataset_cfg
 
 # the fingerprint of the official release: json_sha256 of the four decompressed files' sha256s
@@ -185,7 +186,7 @@ def test_pool_cap_keeps_old_hashes_and_nests() -> None:
     assert "pool_per_class" not in spec.to_dict() and capped.to_dict()["pool_per_class"] == 50
     assert spec.spec_hash() != capped.spec_hash() and capped.tag() == "fmnist-if10-flip20.4-k10-cap50-d0"
     labels = np.tile(np.arange(10), 200)
-    from curvenet.data.types import ImageArrays
+    from curvebench.data.types import ImageArrays
 
     data = ImageArrays("fmnist", np.zeros((labels.size, 1, 1, 1), np.uint8), labels, np.zeros((10, 1, 1, 1), np.uint8),
                        np.arange(10), 10, tuple("abcdefghij"), "fp", False)
@@ -201,7 +202,7 @@ def test_pool_cap_keeps_old_hashes_and_nests() -> None:
 
 
 def test_pool_cap_from_the_config() -> None:
-    from curvenet.data.specs import spec_from_config
+    from curvebench.data.specs import spec_from_config
 
     spec = spec_from_config({"dataset": {"name": "fmnist", "meta_per_class": 10}, "split": {"pool_per_class": "300"}})
     assert spec.pool_per_class == 300
@@ -215,9 +216,9 @@ def test_fmnist_model_takes_one_channel() -> None:
 
 
 def test_fmnist_suite_grid() -> None:
-    from curvenet.engine.method import METHODS
-    from curvenet.methods import load_all_methods
-    from curvenet.suites import plan_suite
+    from curvebench.engine.method import METHODS
+    from curvebench.methods import load_all_methods
+    from curvebench.suites import plan_suite
 
     load_all_methods()
     runs = plan_suite("fmnist")
@@ -245,10 +246,10 @@ def test_real_installed_files(tmp_path: Path) -> None:
 
 
 def test_fmnist_smoke_runs_every_method_on_a_locked_split() -> None:
-    from curvenet.data.lock import LOCK_PATH, read_lock
-    from curvenet.data.specs import spec_from_config
-    from curvenet.engine.method import METHODS
-    from curvenet.suites import plan_suite
+    from curvebench.data.lock import LOCK_PATH, read_lock
+    from curvebench.data.specs import spec_from_config
+    from curvebench.engine.method import METHODS
+    from curvebench.suites import plan_suite
 
     smoke = plan_suite("fmnist_smoke")
     assert sorted(r.config["method"]["name"] for r in smoke) == sorted(METHODS.names())
@@ -258,7 +259,7 @@ def test_fmnist_smoke_runs_every_method_on_a_locked_split() -> None:
 
 
 def test_image_folder_datasets_take_no_pool_cap(tmp_path: Path) -> None:
-    from curvenet.data.types import ImageFiles
+    from curvebench.data.types import ImageFiles
 
     data = ImageFiles("clothing1m", str(tmp_path), ("a.jpg", "b.jpg"), np.array([0, 1]), ("c.jpg",), np.array([0]),
                       2, ("x", "y"), "fp", False)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curvenet.data import DataError, ImageFiles, SplitSpec, get_split, load_dataset, make_split
+from curvebench.data import ImageFiles, SplitSpec, get_split, load_dataset, make_split
+from curvebench.errors import DataError
 from tests.datahelpers import dataset_cfg, listing
 
 

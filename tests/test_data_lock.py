@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from curvenet.data import LOCK_PATH, SplitSpec, build_splits
+from curvebench.data import LOCK_PATH, SplitSpec, build_splits
 from tests.datahelpers import dataset_cfg
 
 

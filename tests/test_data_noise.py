@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from curvenet.data import DataError, SplitSpec, make_split
-from curvenet.data.noise import CIFAR10_ASYM, build_noise_model, draw_noisy_labels
+from curvebench.data import SplitSpec, make_split
+from curvebench.data.noise import CIFAR10_ASYM, build_noise_model, draw_noisy_labels
+from curvebench.errors import DataError
 from tests.datahelpers import fake_cifar
 
 C10 = fake_cifar(10)

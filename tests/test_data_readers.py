@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curvenet.data import DataError, load_dataset, write_synthetic_cifar
-from curvenet.data.cifar import CIFAR10, CIFAR100, read_cifar
-from curvenet.data.hashing import json_sha256, md5
-from curvenet.data.synthetic import write_cifar_pickles
+from curvebench.data import load_dataset, write_synthetic_cifar
+from curvebench.data.cifar import CIFAR10, CIFAR100, read_cifar
+from curvebench.data.hashing import json_sha256, md5
+from curvebench.data.synthetic import write_cifar_pickles
+from curvebench.errors import DataError
 from tests.datahelpers import dataset_cfg, listing
 
 

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from curvenet.data import DataError, SplitSpec, get_split, load_dataset, load_split, make_split, spec_from_config
-from curvenet.data.store import manifest_path
+from curvebench.data import SplitSpec, get_split, load_dataset, load_split, make_split, spec_from_config
+from curvebench.data.store import manifest_path
+from curvebench.errors import DataError
 from tests.datahelpers import dataset_cfg, fake_cifar, listing
 
 SMOKE = SplitSpec("synthetic", meta_per_class=10, imbalance_factor=10, noise_model="unif_prior", noise_rate=0.4)
 
-# sha256 of split files made from the default synthetic data set (curvenet/conf/dataset/synthetic.yaml).
+# sha256 of split files made from the default synthetic data set (curvebench/conf/dataset/synthetic.yaml).
 GOLDEN = {
     SMOKE: "cefa64278fa072ff36cecfc967b5a5ec65201b3dd223ecad6788262d66112c8c",
     dataclasses.replace(SMOKE, noise_model="flip2"): "7f28b0bf719ac86cbc89d547e451328442feaca4297e4a9dfd355da5eee6faf2",

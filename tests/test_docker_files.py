@@ -78,7 +78,7 @@ def test_entrypoint_is_the_console_script_of_pyproject():
     text = (ROOT / "pyproject.toml").read_text()
     section = text.split("[project.scripts]", 1)[1].split("\n[", 1)[0]
     scripts = dict(re.findall(r'^(\S+)\s*=\s*"([^"]+)"', section, re.M))
-    assert scripts.get("curvebench") == "curvenet.cli:main"
+    assert scripts.get("curvebench") == "curvebench.cli:main"
     (entry,) = [a for k, a in final_stage() if k == "ENTRYPOINT"]
     import json
 
@@ -106,7 +106,7 @@ def test_environment_and_provenance_build_args():
     args = arg_names(final_stage())
     for name in ("CURVEBENCH_GIT_SHA", "CURVEBENCH_GIT_DIRTY", "CURVEBENCH_IMAGE"):
         assert name in args and f"{name}=${name}" in env, name
-    records = (ROOT / "curvenet/engine/records.py").read_text()
+    records = (ROOT / "curvebench/engine/records.py").read_text()
     assert all(name in records for name in ("CURVEBENCH_GIT_SHA", "CURVEBENCH_GIT_DIRTY", "CURVEBENCH_IMAGE"))
 
 
@@ -181,7 +181,7 @@ def test_hadolint_passes():
 
 # -- the root check -----------------------------------------------------------------------------
 def test_image_marks_the_container_for_the_root_check():
-    from curvenet.container import CONTAINER_ENV
+    from curvebench.container import CONTAINER_ENV
 
     env = " ".join(a for k, a in final_stage() if k == "ENV")
     assert f"{CONTAINER_ENV}=1" in env, "curvebench refuses root only where the image says it is the container"
@@ -195,10 +195,10 @@ def test_image_marks_the_container_for_the_root_check():
     (0, {}, False),  # outside the container (a host shell, CI as root) nothing changes
 ])
 def test_entrypoint_refuses_root_in_the_container(monkeypatch, capsys, uid, env, refused):
-    """The image's ENTRYPOINT is curvebench's console script, `curvenet.cli:main`: it checks first."""
+    """The image's ENTRYPOINT is curvebench's console script, `curvebench.cli:main`: it checks first."""
     import os
 
-    from curvenet.cli import main
+    from curvebench.cli import main
 
     for name in ("CURVEBENCH_CONTAINER", "CURVEBENCH_ALLOW_ROOT"):
         monkeypatch.delenv(name, raising=False)
@@ -224,14 +224,14 @@ def test_root_refusal_in_a_real_process_as_uid_0():
         pytest.skip("needs UID 0")
     env = {**os.environ, "CURVEBENCH_CONTAINER": "1", "PYTHONPATH": str(ROOT)}
     env.pop("CURVEBENCH_ALLOW_ROOT", None)
-    code = "import sys; from curvenet.cli import main; sys.exit(main(['digits', 'method=ce']))"
+    code = "import sys; from curvebench.cli import main; sys.exit(main(['digits', 'method=ce']))"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert proc.returncode == 2 and not proc.stdout
     assert proc.stderr.startswith("curvebench: error: refusing to run as root") and proc.stderr.count("\n") == 1
 
 
 def test_image_installs_fashion_mnist_where_the_reader_looks():
-    from curvenet.data.idx import DEBIAN_DIR, DEBIAN_PACKAGE
+    from curvebench.data.idx import DEBIAN_DIR, DEBIAN_PACKAGE
 
     runs = [a for k, a in final_stage() if k == "RUN" and "apt-get install" in a]
     assert runs, "the image must install the Fashion-MNIST package"

@@ -117,7 +117,7 @@ def test_every_section_reference_in_the_tree_resolves():
 def test_the_references_that_matter_are_scanned():
     files = set(text_files(ROOT))
     for rel in ("docs/methods.md", "PERFORMANCE.md", "README.md", "docs/DOCKER.md", "docs/ARCHITECTURE.md",
-                "baselines/mwnet.py", "curvenet/method/method.py", "curvenet/conf/method/curvenet.yaml",
+                "baselines/mwnet.py", "curvenet/method.py", "curvebench/conf/method/curvenet.yaml",
                 "leaderboard/report.py", "leaderboard/paper_numbers.yaml",
                 "tests/fixtures/leaderboard/expected/LEADERBOARD.md"):
         assert rel in files, rel

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from baselines.ce import CrossEntropy
-from curvenet.engine.loop import Interrupted
-from curvenet.engine.records import read_record
-from curvenet.run import run_planned
-from curvenet.suites import plan_suite
+from curvebench.engine.loop import Interrupted
+from curvebench.engine.records import read_record
+from curvebench.run import run_planned
+from curvebench.suites import plan_suite
 from tests.helpers import cli, records, run_dirs
 
 DIGITS_CE = ["method=ce", "seed=1", "split.imbalance_factor=10", "split.noise_rate=0.4", "recipe.epochs=3",
@@ -143,7 +143,7 @@ def test_run_files_are_readable_by_the_team(workdirs):
 
 
 def test_fast_planning_equals_full_hydra_composition(workdirs):
-    from curvenet.suites import plan_run
+    from curvebench.suites import plan_run
 
     runs = plan_suite("digits", ["method=ce", "recipe.epochs=4"])
     assert len(runs) == 12

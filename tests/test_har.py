@@ -12,7 +12,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from baselines.common import class_balanced_weights
 from baselines.har import (
     BNOutputRecorder,
     har_class_weights,
@@ -21,13 +20,15 @@ from baselines.har import (
     scaled_recipe,
     stage_batchnorms,
 )
-from curvenet.engine.loop import Interrupted
-from curvenet.engine.method import METHODS, ConfigError
-from curvenet.engine.records import read_record
-from curvenet.engine.schedules import recipe_lr
-from curvenet.models import build_model
-from curvenet.run import run_planned
-from curvenet.suites import plan_suite
+from curvebench.engine.loop import Interrupted
+from curvebench.engine.method import METHODS
+from curvebench.engine.records import read_record
+from curvebench.engine.reweighting import class_balanced_weights
+from curvebench.engine.schedules import recipe_lr
+from curvebench.errors import ConfigError
+from curvebench.models import build_model
+from curvebench.run import run_planned
+from curvebench.suites import plan_suite
 from tests.methodhelpers import config, labels_from_counts, make_method
 
 

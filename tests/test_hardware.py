@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from curvenet.engine.hardware import parse_torch_config, stack_differences, stack_key, stack_label
-from curvenet.engine.records import config_hash, environment, validate_record
+from curvebench.engine.hardware import parse_torch_config, stack_differences, stack_key, stack_label
+from curvebench.engine.records import config_hash, environment, validate_record
 from leaderboard.load import load_runs
 from leaderboard.report import ReportOptions, build_report
 from leaderboard.tables import MIXED_HW, best_text

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-import curvenet.suites as suites
-from curvenet.launch import job_overrides, plan_for_job, split_overrides, sweeps, wants_launcher
-from curvenet.suites import plan_suite
+import curvebench.suites as suites
+from curvebench.launch import job_overrides, plan_for_job, split_overrides, sweeps, wants_launcher
+from curvebench.suites import plan_suite
 from tests.helpers import cli
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,13 +26,14 @@ from baselines.dynamic_loss import (
     soft_cross_entropy,
 )
 from baselines.mwnet import MetaWeightNetImbalance, MetaWeightNetNoise, WeightNet, mwnet_meta_loss, weighted_loss
-from curvenet.config import compose_config
-from curvenet.engine.augment import Normalize
-from curvenet.engine.context import CleanLabels, TrainContext
-from curvenet.engine.data import ImageSet, MetaSampler
-from curvenet.engine.loop import Trainer
-from curvenet.engine.method import ConfigError, Phase
-from curvenet.engine.virtual import FunctionalModel, SGDRule, meta_backward
+from curvebench.config import compose_config
+from curvebench.engine.augment import Normalize
+from curvebench.engine.context import CleanLabels, TrainContext
+from curvebench.engine.data import ImageSet, MetaSampler
+from curvebench.engine.loop import Trainer
+from curvebench.engine.method import Phase
+from curvebench.engine.virtual import FunctionalModel, SGDRule, meta_backward
+from curvebench.errors import ConfigError
 
 
 # ------------------------------------------------------------------------------------------------
@@ -354,7 +355,7 @@ def test_label_corrector_and_margin_generator_init():
 def test_dynamic_loss_head_is_initialised_as_the_official_linear_head(tmp_path):
     """linear_head.py: mmcls LinearClsHead, init_cfg Normal(layer='Linear', std=0.01): weight ~ N(0, 0.01^2),
     bias 0. The rest of the backbone keeps its init; ``head_init_std: null`` keeps the backbone's head."""
-    from curvenet.models import build_model
+    from curvebench.models import build_model
 
     torch.manual_seed(0)
     model = build_model("resnet32", 100)
@@ -543,10 +544,10 @@ def test_dynamic_loss_union_with_the_clean_meta_set(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["mwnet_noise", "mwnet_imb", "dynamic_loss"])
 def test_interrupted_run_resumes_to_the_same_result(workdirs, tmp_path, monkeypatch, method):
-    from curvenet.engine.loop import Interrupted
-    from curvenet.engine.records import read_record
-    from curvenet.run import run_planned
-    from curvenet.suites import plan_suite
+    from curvebench.engine.loop import Interrupted
+    from curvebench.engine.records import read_record
+    from curvebench.run import run_planned
+    from curvebench.suites import plan_suite
 
     overrides = [f"method={method}", "seed=1", "split.imbalance_factor=10", "split.noise_rate=0.4",
                  "recipe.epochs=3", "train.deterministic=true"]

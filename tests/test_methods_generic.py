@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from curvenet.config import CONF_DIR
-from curvenet.data.hashing import file_digest
-from curvenet.data.split import npz_bytes
-from curvenet.engine.method import METHODS
-from curvenet.engine.records import read_record
-from curvenet.methods import load_all_methods
+from curvebench.config import CONF_DIR
+from curvebench.data.hashing import file_digest
+from curvebench.data.split import npz_bytes
+from curvebench.engine.method import METHODS
+from curvebench.engine.records import read_record
+from curvebench.methods import load_all_methods
 from tests.helpers import cli, records, run_dirs
 
 load_all_methods()

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from baselines.ce import CrossEntropy
-from curvenet.models import build_model
-from curvenet.perf.bench import MethodCase, Skip, run_cases
-from curvenet.perf.extrapolate import PhaseEstimate, RunEstimate, estimate_run, sample_epochs, table1_sizes
-from curvenet.perf.reference import mwnet_pair
-from curvenet.perf.synthetic import synthetic_data
-from curvenet.perf.timing import CaseTiming, TimingResult, interleaved
+from curvebench.models import build_model
+from curvebench.perf.bench import MethodCase, Skip, run_cases
+from curvebench.perf.extrapolate import PhaseEstimate, RunEstimate, estimate_run, sample_epochs, table1_sizes
+from curvebench.perf.reference import mwnet_pair
+from curvebench.perf.synthetic import synthetic_data
+from curvebench.perf.timing import CaseTiming, TimingResult, interleaved
 from tests.helpers import cli
 
 
@@ -133,7 +133,7 @@ def test_estimate_run_measures_every_phase(tiny_data, tmp_path):
 def test_concurrency_worker_waits_for_go_and_reports_json(monkeypatch, capsys):
     import io
 
-    from curvenet.perf.concurrent import worker
+    from curvebench.perf.concurrent import worker
 
     monkeypatch.setattr("sys.stdin", io.StringIO("GO\n"))
     args = ["--worker", "--model", "resnet8", "--batch-size", "4", "--duration", "0.2", "--train-size", "64"]
@@ -148,7 +148,7 @@ def test_concurrency_worker_waits_for_go_and_reports_json(monkeypatch, capsys):
 @pytest.mark.skipif(not os.environ.get("CURVEBENCH_PERF_SUBPROCESS"),
                     reason="starts 2 Python processes (~30 s on a busy machine); set CURVEBENCH_PERF_SUBPROCESS=1")
 def test_concurrent_workers_report_their_throughput():
-    from curvenet.perf.concurrent import run_concurrent
+    from curvebench.perf.concurrent import run_concurrent
 
     r = run_concurrent(2, model="resnet8", batch_size=4, duration=1.0, timeout=300)
     assert len(r["workers"]) == 2 and r["aggregate_images_per_second"] > 0
@@ -157,8 +157,8 @@ def test_concurrent_workers_report_their_throughput():
 def test_a_registered_method_that_marks_its_phases_is_timed_per_phase_at_every_sl(tiny_data, tmp_path, monkeypatch):
     """How CurveNet will be timed once registered: it calls ctx.mark_phase(...) in train_step, and its
     SLMO knob (found in its config, or given with --sl-key) is swept."""
-    from curvenet.perf.bench import method_cases
-    from curvenet.perf.report import _meta_cases, phase_table
+    from curvebench.perf.bench import method_cases
+    from curvebench.perf.report import _meta_cases, phase_table
 
     original = CrossEntropy.train_step
 

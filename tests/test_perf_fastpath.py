@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from baselines.ce import CrossEntropy
-from curvenet.config import compose_config
-from curvenet.engine.fastpath import (
+from curvebench.config import compose_config
+from curvebench.engine.fastpath import (
     apply_backend_flags,
     eager_fp32,
     is_compiled,
@@ -21,10 +21,10 @@ from curvenet.engine.fastpath import (
     prepare_model,
     train_autocast,
 )
-from curvenet.engine.method import ConfigError
-from curvenet.engine.virtual import FunctionalModel, SGDRule, meta_backward
-from curvenet.perf.bench import GenericMetaCase, MethodCase
-from curvenet.perf.synthetic import synthetic_data
+from curvebench.engine.virtual import FunctionalModel, SGDRule, meta_backward
+from curvebench.errors import ConfigError
+from curvebench.perf.bench import GenericMetaCase, MethodCase
+from curvebench.perf.synthetic import synthetic_data
 from tests.helpers import cli, records
 
 DIGITS = ["method=ce", "seed=1", "recipe.epochs=1", "train.limit_batches=2"]
@@ -51,8 +51,8 @@ def test_defaults_keep_the_earlier_behaviour():
 
 @pytest.mark.parametrize("tf32", [True, False])
 def test_tf32_flag_is_applied_by_every_run(workdirs, restore_backend_flags, monkeypatch, tf32):
-    from curvenet.run import build_context
-    from curvenet.suites import plan_suite
+    from curvebench.run import build_context
+    from curvebench.suites import plan_suite
 
     (plan,) = plan_suite("digits", [*DIGITS, "split.imbalance_factor=1", "split.noise_rate=0.0", f"train.tf32={tf32}"])
     apply_backend_flags({"tf32": not tf32}, torch.device("cpu"))
@@ -272,7 +272,7 @@ def test_each_methods_meta_pass_runs_without_tf32(restore_backend_flags):
     model) is inside the TF32-off region too."""
     from baselines.dynamic_loss import DynamicLossNet, dynamic_meta_loss
     from baselines.mwnet import WeightNet, mwnet_meta_loss
-    from curvenet.method.meta_step import meta_loss, virtual_params
+    from curvenet.meta_step import meta_loss, virtual_params
 
     torch.manual_seed(0)
     seen: list = []

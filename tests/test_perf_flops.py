@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from curvenet.perf.flops import model_step_flops
+from curvebench.perf.flops import model_step_flops
 
 # torch.utils.flop_counter counts, FLOPs per image (batch-independent), pinned exactly.
 # "virtual"/"real" include CurveNet's weighting net (157,312 FLOPs per image).

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from curvenet.engine.method import METHODS
-from curvenet.methods import load_all_methods
-from curvenet.perf.bench import MethodCase, Skip
-from curvenet.perf.syncs import HostSyncCounter
-from curvenet.perf.synthetic import synthetic_data
+from curvebench.engine.method import METHODS
+from curvebench.methods import load_all_methods
+from curvebench.perf.bench import MethodCase, Skip
+from curvebench.perf.syncs import HostSyncCounter
+from curvebench.perf.synthetic import synthetic_data
 
 load_all_methods()
 
@@ -81,7 +81,7 @@ def test_train_step_has_no_host_sync(method, tiny_data, tmp_path):
 
 
 def test_the_training_loop_syncs_once_per_epoch_not_per_step(tiny_data, tmp_path):
-    from curvenet.engine.loop import Trainer
+    from curvebench.engine.loop import Trainer
 
     case = MethodCase("ce", "resnet8", tiny_data, torch.device("cpu"), tmp_path, batch_size=8)
     case.build()

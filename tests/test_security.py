@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-import curvenet.engine.loop as loop
-from curvenet.engine.checkpoint import decode, encode, rng_state, set_rng_state
-from curvenet.run import run_planned
-from curvenet.suites import plan_suite
+import curvebench.engine.loop as loop
+from curvebench.engine.checkpoint import decode, encode, rng_state, set_rng_state
+from curvebench.run import run_planned
+from curvebench.suites import plan_suite
 from tests.helpers import assert_same_result, interrupted_run, reference_run
 from tests.test_engine import DIGITS_CE
 
@@ -81,8 +81,8 @@ METHOD_RUNS = {
 @pytest.mark.slow
 def test_every_methods_checkpoints_load_with_weights_only(workdirs, monkeypatch):
     """Every checkpoint of every phase of every registered method: a plain safe load reads it."""
-    from curvenet.engine.method import METHODS
-    from curvenet.methods import load_all_methods
+    from curvebench.engine.method import METHODS
+    from curvebench.methods import load_all_methods
 
     load_all_methods()
     written: list[Path] = []
@@ -173,7 +173,7 @@ def test_checkpoint_of_an_earlier_version_resumes_exactly(workdirs, tmp_path, mo
 # ------------------------------------------------------------------------------------------------
 # the code scan: nothing unpickles or evaluates a file outside the vetted places
 # ------------------------------------------------------------------------------------------------
-SCANNED = ("curvenet", "baselines", "leaderboard", "scripts")
+SCANNED = ("curvebench", "curvenet", "baselines", "leaderboard", "scripts")
 PATTERNS = {
     "weights_only=False": re.compile(r"weights_only\s*=\s*False"),
     "allow_pickle=True": re.compile(r"allow_pickle\s*=\s*True"),
@@ -186,7 +186,7 @@ PATTERNS = {
 }
 # (path, pattern) pairs vetted by hand; each says why in docs/SECURITY.md
 ALLOWED = {
-    ("curvenet/data/py2pickle.py", "Unpickler"),  # CIFAR's pickles: a find_class allowing numpy arrays only
+    ("curvebench/data/py2pickle.py", "Unpickler"),  # CIFAR's pickles: a find_class allowing numpy arrays only
 }
 
 
@@ -238,7 +238,7 @@ def test_the_code_unpickles_and_evaluates_nothing_outside_the_vetted_places():
 
 
 def test_the_code_scan_finds_each_kind_of_violation(tmp_path):
-    pkg = tmp_path / "curvenet"
+    pkg = tmp_path / "curvebench"
     pkg.mkdir()
     bad = {
         "torch.load(path, weights_only=False)": "weights_only=False",
@@ -254,13 +254,13 @@ def test_the_code_scan_finds_each_kind_of_violation(tmp_path):
     }
     for i, (code, name) in enumerate(bad.items()):
         (pkg / f"m{i}.py").write_text(f"import pickle, torch, yaml, marshal\nimport numpy as np\n{code}\n")
-        found = violations(tmp_path, ("curvenet",))
-        assert any(f"curvenet/m{i}.py:3: {name}" in v for v in found), (code, found)
+        found = violations(tmp_path, ("curvebench",))
+        assert any(f"curvebench/m{i}.py:3: {name}" in v for v in found), (code, found)
         (pkg / f"m{i}.py").unlink()
     safe = ("model.eval()\nnet.eval()\ntorch.load(p, weights_only=True)\nnp.load(p, allow_pickle=False)\n"
             "py2pickle.load(path)\n# eval(x) in a comment\njson.loads(s)\n")
     (pkg / "ok.py").write_text(safe)
-    assert violations(tmp_path, ("curvenet",)) == []
-    (tmp_path / "curvenet" / "data").mkdir()
-    (tmp_path / "curvenet" / "data" / "py2pickle.py").write_text("class U(pickle.Unpickler): pass\n")
-    assert violations(tmp_path, ("curvenet",)) == []  # the vetted place
+    assert violations(tmp_path, ("curvebench",)) == []
+    (tmp_path / "curvebench" / "data").mkdir()
+    (tmp_path / "curvebench" / "data" / "py2pickle.py").write_text("class U(pickle.Unpickler): pass\n")
+    assert violations(tmp_path, ("curvebench",)) == []  # the vetted place

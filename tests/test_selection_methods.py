@@ -15,14 +15,15 @@ from omegaconf import OmegaConf
 from baselines.coteaching import CoTeaching, coteaching_losses, keep_rate, num_keep
 from baselines.o2u import CYCLIC, PRETRAIN, RETRAIN, O2UNet, centre_losses, cyclic_lr, keep_lowest
 from baselines.selection import precision_recall, small_loss_positions
-from curvenet.config import compose_config
-from curvenet.engine.context import CleanLabels
-from curvenet.engine.data import Batch
-from curvenet.engine.loop import Interrupted
-from curvenet.engine.method import ConfigError, Phase
-from curvenet.engine.records import read_record
-from curvenet.run import run_planned
-from curvenet.suites import plan_suite
+from curvebench.config import compose_config
+from curvebench.engine.context import CleanLabels
+from curvebench.engine.data import Batch
+from curvebench.engine.loop import Interrupted
+from curvebench.engine.method import Phase
+from curvebench.engine.records import read_record
+from curvebench.errors import ConfigError
+from curvebench.run import run_planned
+from curvebench.suites import plan_suite
 from tests.helpers import cli
 
 

@@ -23,10 +23,10 @@ from typing import Callable
 
 import pytest
 
-from curvenet.compare import compare_trees
+from curvebench.compare import compare_trees
 
 ROOT = Path(__file__).resolve().parents[1]
-CURVEBENCH = [sys.executable, "-m", "curvenet.cli"]
+CURVEBENCH = [sys.executable, "-m", "curvebench.cli"]
 pytestmark = pytest.mark.slurm
 
 

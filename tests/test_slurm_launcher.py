@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from curvenet import slurm
-from curvenet.compare import compare_trees
-from curvenet.suites import plan_suite
+from curvebench import slurm
+from curvebench.compare import compare_trees
+from curvebench.suites import plan_suite
 from tests.helpers import cli
 
 

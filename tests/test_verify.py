@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from curvenet.cli import main
-from curvenet.engine.records import RESULT_FILE, read_record, validate_record
-from curvenet.verify import CONFIDENCE, sample_paths, tolerance_for
+from curvebench.cli import main
+from curvebench.engine.records import RESULT_FILE, read_record, validate_record
+from curvebench.verify import CONFIDENCE, sample_paths, tolerance_for
 from tests.helpers import cli
 
 DIGITS = ["method=ce", "seed=1,2,3", "split.imbalance_factor=1", "split.noise_rate=0.0", "recipe.epochs=6"]

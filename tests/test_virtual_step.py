@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from curvenet.engine.method import ConfigError
-from curvenet.engine.virtual import FunctionalModel, SGDRule, meta_backward, momentum_buffers, slmo_frozen
-from curvenet.models import build_model
+from curvebench.engine.virtual import FunctionalModel, SGDRule, meta_backward, momentum_buffers, slmo_frozen
+from curvebench.errors import ConfigError
+from curvebench.models import build_model
 
 
 class Tiny(nn.Module):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from curvenet import workers
-from curvenet.workers import CLAIM_FILE, read_claim, try_claim
+from curvebench import workers
+from curvebench.workers import CLAIM_FILE, read_claim, try_claim
 from tests.helpers import cli, valid_record_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def _python(code: str, *args: str, **kw) -> subprocess.Popen:
 
 HOLD = """
     import sys, time
-    from curvenet.workers import try_claim
+    from curvebench.workers import try_claim
     claim = try_claim(sys.argv[1], worker="holder")
     print("claimed" if claim else "busy", flush=True)
     if claim:
@@ -71,7 +71,7 @@ def test_a_claim_is_exclusive_until_released(tmp_path):
 def test_two_processes_racing_for_the_same_runs_never_share_one(tmp_path):
     code = """
         import sys, time
-        from curvenet.workers import try_claim
+        from curvebench.workers import try_claim
         root, start = sys.argv[1], float(sys.argv[2])
         while time.time() < start:
             pass
@@ -166,11 +166,11 @@ def test_heartbeat_refreshes_and_a_lost_claim_stops_the_run(tmp_path, monkeypatc
 # -- workers end to end -------------------------------------------------------------------------
 @pytest.mark.slow
 def test_two_worker_processes_split_a_suite_and_each_run_is_trained_once(workdirs):
-    from curvenet.suites import plan_suite
+    from curvebench.suites import plan_suite
 
     runs = plan_suite("digits", DIGITS_CE)
     assert len(runs) == 6
-    proc = subprocess.run([sys.executable, "-m", "curvenet.cli", "digits", *DIGITS_CE, "--workers", "2"],
+    proc = subprocess.run([sys.executable, "-m", "curvebench.cli", "digits", *DIGITS_CE, "--workers", "2"],
                           env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if re.match(r"\[w[12]\] done ", ln)]
@@ -186,7 +186,7 @@ def test_two_worker_processes_split_a_suite_and_each_run_is_trained_once(workdir
 
 
 def test_a_run_claimed_by_a_dead_worker_is_reclaimed_by_the_next_invocation(workdirs, capsys):
-    from curvenet.suites import plan_suite
+    from curvebench.suites import plan_suite
 
     (plan,) = plan_suite("digits", [*DIGITS_CE, "seed=1", "split.imbalance_factor=1"])
     holder = _python(HOLD, str(plan.run_dir))
@@ -200,7 +200,7 @@ def test_a_run_claimed_by_a_dead_worker_is_reclaimed_by_the_next_invocation(work
 
 
 def test_a_worker_waits_for_a_live_claim_and_takes_over_when_its_owner_dies(workdirs, monkeypatch, capsys):
-    from curvenet.suites import plan_suite
+    from curvebench.suites import plan_suite
 
     runs = plan_suite("digits", [*DIGITS_CE, "seed=1"])
     held = runs[0]
@@ -218,7 +218,7 @@ def test_a_worker_waits_for_a_live_claim_and_takes_over_when_its_owner_dies(work
 
 # -- status -------------------------------------------------------------------------------------
 def test_status_shows_done_running_failed_and_missing_per_cell(workdirs, capsys):
-    from curvenet.suites import plan_suite
+    from curvebench.suites import plan_suite
 
     runs = plan_suite("digits", DIGITS_CE)
     by = {(r.grid["split.imbalance_factor"], r.grid["seed"]): r for r in runs}

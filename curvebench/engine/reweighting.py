@@ -1,0 +1,108 @@
+"""Pieces shared by several methods: class-balanced (effective-number) weights, deferred
+re-weighting (DRW), and config checks.
+
+``class_balanced_weights`` is the one implementation of Cui et al. (2019)'s weights used by
+Class-Balanced loss (``cb``), LDAM-DRW's DRW stage (``ldam_drw``), HAR's optional DRW (``har``) and
+CurveNet's DRW option (docs/methods.md §5, §6, §11, §2.7).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from curvebench.errors import ConfigError
+
+DEFAULT_BETA = 0.9999  # the CB paper's CIFAR-LT default; LDAM-DRW and HAR use it for DRW
+
+
+def class_balanced_weights(counts: Any, beta: float) -> np.ndarray:
+    """Effective-number class weights (Cui et al. 2019), normalised to sum to K.
+
+    E_n = (1 - beta^n) / (1 - beta);  w_c = 1 / E_{n_c} = (1 - beta) / (1 - beta^{n_c});
+    then w <- w * K / sum(w). ``beta = 0`` gives all ones (no re-weighting).
+
+    [DECISION] A class with no (observed) sample has no effective number (1/0); it gets weight 0
+    and the others are normalised so that all K weights still sum to K. Such a class never appears
+    as a training label, so its weight is never used (the official codes would produce NaN).
+    """
+    n = np.asarray(counts, dtype=np.float64)
+    if n.ndim != 1 or n.size == 0:
+        raise ValueError(f"counts must be a non-empty 1-D array of per-class counts, got shape {n.shape}")
+    if (n < 0).any():
+        raise ValueError(f"class counts must be >= 0, got {n.tolist()}")
+    check_beta(beta, "beta")
+    present = n > 0
+    if not present.any():
+        raise ValueError("every class count is 0: class-balanced weights need at least one sample")
+    w = np.zeros_like(n)
+    w[present] = (1.0 - beta) / (1.0 - np.power(beta, n[present]))
+    return w * (n.size / w.sum())
+
+
+def drw_class_weights(counts: Any, epoch: int, start_epoch: int, beta: float = DEFAULT_BETA) -> np.ndarray:
+    """Deferred re-weighting (Cao et al. 2019): all-ones weights before ``start_epoch`` (0-based),
+    class-balanced weights (``beta``) from ``start_epoch`` on. LDAM-DRW switches at its first LR
+    decay (``epoch // 160``); the benchmark uses the recipe's first milestone (``drw_start_epoch``)."""
+    k = len(np.asarray(counts))
+    if epoch < start_epoch:
+        return np.ones(k, dtype=np.float64)
+    return class_balanced_weights(counts, beta)
+
+
+def drw_start_epoch(recipe: Mapping[str, Any], override: Any = None) -> int:
+    """The DRW switch epoch: ``override`` when given, else the recipe's first LR milestone."""
+    if override is not None:
+        return int(override)
+    milestones = list(recipe.get("milestones") or [])
+    if not milestones:
+        raise ConfigError("DRW starts at the recipe's first LR milestone, but recipe.milestones is empty; "
+                          "set the method's drw_epoch or give the recipe milestones")
+    return int(milestones[0])
+
+
+def as_device_tensor(values: Any, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(values, dtype=np.float32), device=device)
+
+
+# -- config checks ------------------------------------------------------------------------------
+def check_beta(beta: Any, key: str) -> None:
+    if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not 0.0 <= float(beta) < 1.0:
+        raise ConfigError(f"{key} must be a number in [0, 1) (e.g. 0.9999), got {beta!r}")
+
+
+def check_nonneg(value: Any, key: str) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or float(value) < 0:
+        raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
+
+
+def check_positive(value: Any, key: str) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or float(value) <= 0:
+        raise ConfigError(f"{key} must be a number > 0, got {value!r}")
+
+
+def check_drw_epoch(value: Any, key: str) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise ConfigError(f"{key} must be null (the recipe's first milestone) or an epoch >= 0, got {value!r}")
+
+
+def check_drw_options(m: Mapping[str, Any], recipe: Mapping[str, Any]) -> None:
+    """The DRW knobs of ``ldam_drw`` and ``har``: ``beta``, ``drw`` (bool) and ``drw_epoch``."""
+    check_beta(m["beta"], "method.beta")
+    check_drw_epoch(m["drw_epoch"], "method.drw_epoch")
+    if not isinstance(m["drw"], bool):
+        raise ConfigError(f"method.drw must be true or false, got {m['drw']!r}")
+    if m["drw"]:
+        drw_start_epoch(recipe, m["drw_epoch"])
+
+
+def mean_weight_by_noise(sample_weights: torch.Tensor, noisy: torch.Tensor) -> dict[str, float]:
+    """Diagnostics: the mean weight given to clean and to noisy training samples (None-free:
+    a group with no member is left out)."""
+    out: dict[str, float] = {}
+    for name, mask in (("mean_weight_clean", ~noisy), ("mean_weight_noisy", noisy)):
+        if bool(mask.any()):
+            out[name] = float(sample_weights[mask].float().mean())
+    return out
