@@ -140,7 +140,6 @@ class CurveNetMethod(Method):
     needs_meta = False  # k = 0 draws a pseudo-meta set from the training data (checked in __init__)
     uses_clean_meta = True
     extra_state = ("global_step", "timing_samples")
-    drw_default = False
 
     # -- configuration ----------------------------------------------------------------------------
     @classmethod

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -161,7 +160,3 @@ class Trainer:
         conf = confusion_matrix(models[names[0]], self.ctx.test, self.eval_batch_size)
         extra = {n: accuracy(confusion_matrix(models[n], self.ctx.test, self.eval_batch_size)) for n in names[1:]}
         return conf, extra
-
-
-def checkpoint_path(run_dir: Path) -> Path:
-    return run_dir / CHECKPOINT_FILE
