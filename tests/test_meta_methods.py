@@ -300,6 +300,19 @@ def test_mwnet_diagnostics_mean_weight_clean_and_noisy(tmp_path):
     assert d["mean_weight"] == pytest.approx(0.65)
 
 
+def test_mwnet_diagnostics_leave_out_samples_of_unknown_clean_label(tmp_path):
+    method, ctx, clean = _method(MetaWeightNetNoise, tmp_path=tmp_path)
+    method.sample_weight.fill_(float("nan"))
+    method.sample_weight[:8] = torch.tensor([0.1, 0.9, 0.9, 0.9, 0.3, 0.7, 0.7, 0.7])
+    labels = clean.labels.clone()
+    labels[[0, 1]] = -1  # clean labels unknown: sample 0 (was noisy) and 1 (was clean)
+    unknown = CleanLabels(labels, (labels >= 0) & (labels != ctx.train.labels))
+    d = method.diagnostics(PHASE, 0, unknown)
+    # noisy: sample 4 only (0.3); clean: samples 2, 3, 5, 6, 7 -> (0.9 + 0.9 + 0.7 + 0.7 + 0.7) / 5 = 0.78
+    assert d["mean_weight_noisy"] == pytest.approx(0.3) and d["mean_weight_clean"] == pytest.approx(0.78)
+    assert d["mean_weight"] == pytest.approx(0.65)  # every weighted sample, whatever its clean label
+
+
 # ------------------------------------------------------------------------------------------------
 # Dynamic Loss
 def test_rank_formula_by_hand():
