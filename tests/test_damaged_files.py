@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from curvebench import workers
-from curvebench.engine.checkpoint import PREVIOUS_FILE
 from curvebench.engine.loop import Interrupted
 from curvebench.engine.records import read_record
+from curvebench.engine.rundir import CLAIM_FILE, PREVIOUS_FILE
 from curvebench.run import run_planned
 from curvebench.suites import plan_suite
-from curvebench.workers import CLAIM_FILE, read_claim, try_claim
+from curvebench.workers import read_claim, try_claim
 from tests.helpers import assert_same_result, cli, interrupted_run, reference_run
 from tests.test_engine import DIGITS_CE  # the resume tests' 3-epoch CE run
 

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from curvebench.engine.checkpoint import CHECKPOINT_FILE, resume_state, rng_state, save_checkpoint, set_rng_state
+from curvebench.engine.checkpoint import resume_state, rng_state, save_checkpoint, set_rng_state
 from curvebench.engine.context import CleanLabels, TrainContext
 from curvebench.engine.evaluate import accuracy, confusion_matrix
 from curvebench.engine.fastpath import train_autocast
 from curvebench.engine.method import Method, Phase
+from curvebench.engine.rundir import RunDir
 
 
 class NonFiniteLoss(RuntimeError):
@@ -54,7 +55,7 @@ class Trainer:
         self.progress = progress
         self.checkpoint = checkpoint
         self.interrupt_after = interrupt_after
-        self.ckpt_path = ctx.run_dir / CHECKPOINT_FILE
+        self.ckpt_path = RunDir(ctx.run_dir).checkpoint
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> TrainOutcome:
