@@ -8,12 +8,15 @@ CurveNet's DRW option (docs/methods.md §5, §6, §11, §2.7).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import torch
 
 from curvebench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from curvebench.engine.context import CleanLabels
 
 DEFAULT_BETA = 0.9999  # the CB paper's CIFAR-LT default; LDAM-DRW and HAR use it for DRW
 
@@ -98,10 +101,10 @@ def check_drw_options(m: Mapping[str, Any], recipe: Mapping[str, Any]) -> None:
         drw_start_epoch(recipe, m["drw_epoch"])
 
 
-def mean_weight_by_noise(sample_weights: torch.Tensor, clean: Any,
+def mean_weight_by_noise(sample_weights: torch.Tensor, clean: CleanLabels,
                          seen: torch.Tensor | None = None) -> dict[str, float]:
     """Diagnostics: ``mean_weight_clean`` / ``mean_weight_noisy``, the mean weight of the training
-    samples whose observed label is / is not their clean one (``clean``: the run's ``CleanLabels``).
+    samples whose observed label is / is not their clean one.
 
     A sample whose clean label is unknown (-1) is neither clean nor noisy: it counts in neither
     mean; nor does one outside ``seen`` (a sample not weighted yet). A group with no member is left
