@@ -119,7 +119,7 @@ class ClassBalanced(Method):
     def diagnostics(self, phase: Phase, epoch: int, clean) -> dict[str, Any]:
         if epoch != phase.epochs - 1:  # the weights never change: report them once
             return {}
-        return mean_weight_by_noise(self.class_weights[self.ctx.train.labels], clean.noisy)
+        return mean_weight_by_noise(self.class_weights[self.ctx.train.labels], clean)
 
     def artifacts(self) -> dict[str, np.ndarray]:
         return {"class_weights": self.class_weights.cpu().numpy()}

@@ -312,7 +312,7 @@ class HAR(Method):
     def diagnostics(self, phase: Phase, epoch: int, clean) -> dict[str, Any]:
         if self._fold(phase) is not None or epoch != phase.epochs - 1:
             return {}
-        return mean_weight_by_noise(self.class_reg[self.ctx.train.labels], clean.noisy)
+        return mean_weight_by_noise(self.class_reg[self.ctx.train.labels], clean)
 
     def artifacts(self) -> dict[str, np.ndarray]:
         return {"class_reg": self.class_reg.cpu().numpy(),

@@ -134,7 +134,7 @@ class LDAMDRW(Method):
     def diagnostics(self, phase: Phase, epoch: int, clean) -> dict[str, Any]:
         if self.drw_epoch is None or epoch != phase.epochs - 1:
             return {}
-        return mean_weight_by_noise(self.class_weights[self.ctx.train.labels], clean.noisy)
+        return mean_weight_by_noise(self.class_weights[self.ctx.train.labels], clean)
 
     def artifacts(self) -> dict[str, np.ndarray]:
         return {"margins": self.margins.cpu().numpy(), "class_weights_last": self.class_weights.cpu().numpy()}

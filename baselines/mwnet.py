@@ -70,6 +70,7 @@ import torch.nn.functional as F
 from curvebench.engine.data import Batch
 from curvebench.engine.fastpath import no_tf32
 from curvebench.engine.method import Method, Phase, register_method
+from curvebench.engine.reweighting import mean_weight_by_noise
 from curvebench.engine.virtual import FunctionalModel, SGDRule, meta_backward
 from curvebench.errors import ConfigError
 
@@ -198,12 +199,10 @@ class _MetaWeightNet(Method):
 
     def diagnostics(self, phase: Phase, epoch: int, clean: Any) -> dict[str, Any]:
         seen = ~torch.isnan(self.sample_weight)
-        known = clean.labels >= 0
         out: dict[str, Any] = {}
-        for key, mask in (("mean_weight", seen), ("mean_weight_clean", seen & known & ~clean.noisy),
-                          ("mean_weight_noisy", seen & known & clean.noisy)):
-            if bool(mask.any()):
-                out[key] = float(self.sample_weight[mask].mean())
+        if bool(seen.any()):
+            out["mean_weight"] = float(self.sample_weight[seen].mean())
+        out.update(mean_weight_by_noise(self.sample_weight, clean, seen))
         return out
 
     def artifacts(self) -> dict[str, np.ndarray]:

@@ -75,6 +75,7 @@ def run_suite_command(argv: list[str]) -> int:
     p.add_argument("--worker-name", help=argparse.SUPPRESS)  # set by --workers for its children
     args = _parse_suite_args(p, argv, "curvebench SUITE [overrides] [--dry-run] [--show-config]")
     from curvebench import workers
+    from curvebench.engine.rundir import RunDir
     from curvebench.launch import split_overrides, wants_launcher
     from curvebench.run import select_device
     from curvebench.suites import plan_suite
@@ -133,7 +134,7 @@ def run_suite_command(argv: list[str]) -> int:
 
         preflight(runs)
     workers.sigterm_as_interrupt()
-    done_before = {i for i, r in enumerate(runs) if (r.run_dir / "result.json").exists()}
+    done_before = {i for i, r in enumerate(runs) if RunDir(r.run_dir).result.exists()}
     if args.workers > 1 or gpus:  # a worker process sees only its GPU (CUDA_VISIBLE_DEVICES)
         code = _run_workers(args, runs, gpus)
     else:
@@ -156,19 +157,20 @@ def _print_trained(runs: list, done_before: set[int]) -> None:
     """A small table of the runs this invocation finished: method, cell, seed, last and best accuracy."""
     from tabulate import tabulate
 
-    from curvebench.engine.records import RESULT_FILE, read_record
+    from curvebench.engine.records import read_record
+    from curvebench.engine.rundir import RunDir
     from curvebench.errors import RecordError
     from curvebench.suites import _fmt
     from curvebench.workers import _short_keys, cell_of
 
-    new = [r for i, r in enumerate(runs) if i not in done_before and (r.run_dir / RESULT_FILE).exists()]
+    new = [r for i, r in enumerate(runs) if i not in done_before and RunDir(r.run_dir).result.exists()]
     if not new:
         return
     short = _short_keys(list(dict.fromkeys(k for r in new for k, _ in cell_of(r.grid))))
     rows = []
     for r in new:
         try:
-            metrics = read_record(r.run_dir / RESULT_FILE).get("metrics") or {}
+            metrics = read_record(RunDir(r.run_dir).result).get("metrics") or {}
         except RecordError:
             metrics = {}
         cell = " ".join(f"{short[k]}={_fmt(v)}" for k, v in cell_of(r.grid)) or "(all)"
@@ -192,7 +194,7 @@ def _run_here(args: argparse.Namespace, runs: list) -> int:
     from tqdm.auto import tqdm
 
     from curvebench import workers
-    from curvebench.engine.records import run_record_state
+    from curvebench.engine.rundir import RunDir
 
     # bars only on a terminal: into a pipe or a file, one line per run (no \r frames)
     progress = (not args.no_progress and bool(runs[0].cfg.train.progress) and args.worker_name is None
@@ -200,7 +202,7 @@ def _run_here(args: argparse.Namespace, runs: list) -> int:
     tag = f"[{args.worker_name}] " if args.worker_name else ""
     bar = tqdm(total=len(runs), desc=f"suite {args.suite}", unit="run", disable=not progress, position=0)
     bar.update(sum(state == "done" or (state == "failed" and not args.retry_failed)
-                   for state in (run_record_state(r.run_dir) for r in runs)))
+                   for state in (RunDir(r.run_dir).status for r in runs)))
 
     def report(event: "workers.Event") -> None:
         if event.kind == "start":

@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from curvebench.engine.rundir import ARTIFACTS_FILE, HISTORY_FILE, MODEL_FILE, RESULT_FILE, RunDir
+
 OCCASION_KEYS = {"started", "finished", "wall_time_s", "env", "run_id", "elapsed_s"}
 
 
@@ -69,15 +71,15 @@ def _compare_models(a: Path, b: Path) -> tuple[int, str | None]:
 
     ma, mb = (torch.load(p, map_location="cpu", weights_only=True) for p in (a, b))
     if set(ma) != set(mb):
-        return 0, f"model.pt: networks {sorted(ma)} vs {sorted(mb)}"
+        return 0, f"{MODEL_FILE}: networks {sorted(ma)} vs {sorted(mb)}"
     n = 0
     for net in sorted(ma):
         if list(ma[net]) != list(mb[net]):
-            return n, f"model.pt[{net}]: different tensors"
+            return n, f"{MODEL_FILE}[{net}]: different tensors"
         for key in ma[net]:
             ta, tb = ma[net][key], mb[net][key]
             if ta.dtype != tb.dtype or ta.shape != tb.shape or not torch.equal(ta, tb):
-                return n, f"model.pt[{net}][{key}] differs"
+                return n, f"{MODEL_FILE}[{net}][{key}] differs"
             n += 1
     return n, None
 
@@ -87,31 +89,32 @@ def _compare_arrays(a: Path, b: Path) -> tuple[int, str | None]:
 
     with np.load(a) as xa, np.load(b) as xb:
         if set(xa.files) != set(xb.files):
-            return 0, f"artifacts.npz: {sorted(xa.files)} vs {sorted(xb.files)}"
+            return 0, f"{ARTIFACTS_FILE}: {sorted(xa.files)} vs {sorted(xb.files)}"
         for k in xa.files:
             if xa[k].dtype != xb[k].dtype or not np.array_equal(xa[k], xb[k]):
-                return 0, f"artifacts.npz[{k}] differs"
+                return 0, f"{ARTIFACTS_FILE}[{k}] differs"
         return len(xa.files), None
 
 
 def compare_run(a: Path, b: Path) -> tuple[str, str]:
     """(``identical`` or ``DIFFERENT``, what was compared or the first difference) for run dirs ``a``, ``b``."""
-    ra, rb = (_training_part(json.loads((d / "result.json").read_text())) for d in (a, b))
-    diff = _first_difference(ra, rb, "result.json")
+    da, db = RunDir(a), RunDir(b)
+    ra, rb = (_training_part(json.loads(d.result.read_text())) for d in (da, db))
+    diff = _first_difference(ra, rb, RESULT_FILE)
     if diff:
         return "DIFFERENT", diff
-    ha, hb = (_training_part(json.loads((d / "history.json").read_text())) for d in (a, b))
-    diff = _first_difference(ha, hb, "history.json")
+    ha, hb = (_training_part(json.loads(d.history.read_text())) for d in (da, db))
+    diff = _first_difference(ha, hb, HISTORY_FILE)
     if diff:
         return "DIFFERENT", diff
-    tensors, diff = _compare_models(a / "model.pt", b / "model.pt")
+    tensors, diff = _compare_models(da.model, db.model)
     if diff:
         return "DIFFERENT", diff
     arrays = 0
-    if (a / "artifacts.npz").exists() or (b / "artifacts.npz").exists():
-        if not ((a / "artifacts.npz").exists() and (b / "artifacts.npz").exists()):
-            return "DIFFERENT", "artifacts.npz in only one of them"
-        arrays, diff = _compare_arrays(a / "artifacts.npz", b / "artifacts.npz")
+    if da.artifacts.exists() or db.artifacts.exists():
+        if not (da.artifacts.exists() and db.artifacts.exists()):
+            return "DIFFERENT", f"{ARTIFACTS_FILE} in only one of them"
+        arrays, diff = _compare_arrays(da.artifacts, db.artifacts)
         if diff:
             return "DIFFERENT", diff
     m = ra["metrics"]
@@ -122,8 +125,8 @@ def compare_run(a: Path, b: Path) -> tuple[str, str]:
 
 def compare_trees(root_a: Path, root_b: Path) -> tuple[list[tuple[str, str, str]], bool]:
     """Rows (run, verdict, detail) for every finished run under either root, and whether all are identical."""
-    runs_a = {p.parent.relative_to(root_a) for p in Path(root_a).rglob("result.json")}
-    runs_b = {p.parent.relative_to(root_b) for p in Path(root_b).rglob("result.json")}
+    runs_a = {p.parent.relative_to(root_a) for p in Path(root_a).rglob(RESULT_FILE)}
+    runs_b = {p.parent.relative_to(root_b) for p in Path(root_b).rglob(RESULT_FILE)}
     rows = []
     for rel in sorted(runs_a | runs_b):
         if rel not in runs_a or rel not in runs_b:

@@ -11,11 +11,6 @@ def data_root() -> Path:
     return Path(os.environ.get("CURVEBENCH_DATA", "data"))
 
 
-def splits_root() -> Path:
-    """Split files and their manifests: ``$CURVEBENCH_SPLITS`` or ``./splits``."""
-    return Path(os.environ.get("CURVEBENCH_SPLITS", "splits"))
-
-
 def results_root() -> Path:
     """Run directories and result files: ``$CURVEBENCH_RESULTS`` or ``./results``."""
     return Path(os.environ.get("CURVEBENCH_RESULTS", "results"))

@@ -27,15 +27,12 @@ from curvebench.engine.fastpath import apply_backend_flags, check_flags
 from curvebench.engine.files import FileImageSet
 from curvebench.engine.loop import Interrupted, NonFiniteLoss, Trainer, TrainOutcome
 from curvebench.engine.method import METHODS
-from curvebench.engine.records import FAILED_FILE, RESULT_FILE, environment, read_record, record_state, write_record
+from curvebench.engine.records import environment, read_record, record_state, write_record
+from curvebench.engine.rundir import RunDir
 from curvebench.errors import ConfigError, DataError, RecordError
 from curvebench.io import atomic_path, atomic_write_text, move_aside
 from curvebench.methods import load_all_methods
 from curvebench.suites import PlannedRun
-
-ARTIFACTS_FILE = "artifacts.npz"
-MODEL_FILE = "model.pt"  # final weights of the evaluated networks
-HISTORY_FILE = "history.json"
 
 
 def select_device(name: str) -> torch.device:
@@ -59,8 +56,8 @@ def _stream_seed(seed: int, stream: int) -> int:
 def _set_aside_untrusted(run_dir: Path) -> None:
     """Before training: move away records that cannot be trusted (corrupt files, failures an earlier
     version recorded for causes outside training), keeping them, and say so."""
-    for name in (RESULT_FILE, FAILED_FILE):
-        path = run_dir / name
+    files = RunDir(run_dir)
+    for path in (files.result, files.failed):
         state = record_state(path)
         if state in ("corrupt", "setup"):
             tag = "corrupt" if state == "corrupt" else "setup"
@@ -78,7 +75,8 @@ def run_planned(plan: PlannedRun, *, progress: bool = False, retry_failed: bool 
     record; ``failed.json`` is written for failures of training itself only.
     """
     run_dir = plan.run_dir
-    result_path, failed_path = run_dir / RESULT_FILE, run_dir / FAILED_FILE
+    files = RunDir(run_dir)
+    result_path, failed_path = files.result, files.failed
     _set_aside_untrusted(run_dir)
     if result_path.exists():
         record = read_record(result_path)
@@ -101,7 +99,7 @@ def run_planned(plan: PlannedRun, *, progress: bool = False, retry_failed: bool 
     except Exception as err:  # e.g. an unreadable file, no space left: fixable, so no run record
         raise DataError(f"run {run_dir} could not be set up ({type(err).__name__}: {err}); fix the cause and "
                         "run the same command again (no run record was written)") from None
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(plan.cfg, resolve=True))
+    atomic_write_text(files.config, OmegaConf.to_yaml(plan.cfg, resolve=True))
     built.update(split=split, official=official)
     try:
         try:
@@ -121,13 +119,13 @@ def run_planned(plan: PlannedRun, *, progress: bool = False, retry_failed: bool 
         _write_failure(plan, started, built, "?", -1, f"{type(err).__name__}: {err}", traceback.format_exc())
         print(f"run {run_dir} failed: {type(err).__name__}: {err} (details in {failed_path})", file=sys.stderr)
         return "failed"
-    _save_models(run_dir / MODEL_FILE, method)
+    _save_models(files.model, method)
     arrays = method.artifacts()
     if arrays:  # for figures: with the split's observed and clean labels (diagnostics only)
         arrays = {**arrays, "labels": split.noisy_labels, "clean_labels": split.clean_labels,
                   "is_noisy": (split.clean_labels >= 0) & (split.clean_labels != split.noisy_labels)}
-        _save_npz(run_dir / ARTIFACTS_FILE, arrays)
-    atomic_write_text(run_dir / HISTORY_FILE, _json(outcome.history))
+        _save_npz(files.artifacts, arrays)
+    atomic_write_text(files.history, _json(outcome.history))
     record = build_record(plan, ctx, split, official, outcome, started)
     write_record(result_path, record)
     remove_checkpoints(run_dir)  # the result replaces them
@@ -295,4 +293,4 @@ def _write_failure(plan: PlannedRun, started: str, built: dict[str, Any], phase:
         split_sha = "0" * 64
     record.update({"split_sha256": split_sha, "split": summary,
                    "failure": {"phase": phase, "epoch": epoch, "cause": cause, "traceback": tb}})
-    write_record(plan.run_dir / FAILED_FILE, record)
+    write_record(RunDir(plan.run_dir).failed, record)

@@ -32,10 +32,10 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from curvebench.engine.rundir import RunDir
 from curvebench.errors import ConfigError
 from curvebench.io import atomic_write_text
 
-JOB_FILE = "slurm_job.json"
 FINAL_STATES = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                 "DEADLINE", "SPECIAL_EXIT", "REVOKED", "GONE"}  # GONE: no longer known to squeue
 HOW_TO_START = ("run it on the cluster's login node, or start a local test cluster with "
@@ -136,14 +136,14 @@ def _run_dir_of(overrides: Sequence[str]) -> Path | None:
 
 def record_job(run_dir: Path, job_id: str, log: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / JOB_FILE, json.dumps({
+    atomic_write_text(RunDir(run_dir).slurm_job, json.dumps({
         "job_id": job_id, "submitted": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "log": str(log)}, indent=1) + "\n")
 
 
 def read_job(run_dir: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads((Path(run_dir) / JOB_FILE).read_text())
+        data = json.loads(RunDir(run_dir).slurm_job.read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and data.get("job_id") else None
@@ -280,9 +280,9 @@ def resume_note(run_dir: Path) -> str | None:
     """Where a job picks the run up: the epoch its checkpoint holds, and SLURM's restart count."""
     import torch
 
-    from curvebench.engine.checkpoint import CHECKPOINT_FILE, load_checkpoint
+    from curvebench.engine.checkpoint import load_checkpoint
 
-    path = Path(run_dir) / CHECKPOINT_FILE
+    path = RunDir(run_dir).checkpoint
     if not path.exists():
         return None
     try:

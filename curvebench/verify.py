@@ -95,7 +95,8 @@ class Check:
 # -- choosing and grouping records -------------------------------------------------------------
 def finished_records(root: Path) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
     """(path relative to root, record) of every valid finished record, sorted by path; and problems."""
-    from curvebench.engine.records import RESULT_FILE, read_record
+    from curvebench.engine.records import read_record
+    from curvebench.engine.rundir import RESULT_FILE
     from curvebench.errors import RecordError
 
     found, problems = [], []
@@ -185,7 +186,8 @@ def plan_from_record(record: Mapping[str, Any], scratch: Path, data_dir: Path, d
 def rerun(check: Check, scratch: Path, data_dir: Path, device: str | None) -> None:
     """Re-train one recorded run in ``scratch`` and fill in the check's verdict (bar the spread)."""
     from curvebench.data import get_split, load_dataset, spec_from_config
-    from curvebench.engine.records import FAILED_FILE, RESULT_FILE, read_record
+    from curvebench.engine.records import read_record
+    from curvebench.engine.rundir import RunDir
     from curvebench.run import run_planned
 
     record = check.record
@@ -202,10 +204,10 @@ def rerun(check: Check, scratch: Path, data_dir: Path, device: str | None) -> No
         return
     outcome = run_planned(plan, progress=False)
     if outcome != "done":
-        failure = read_record(plan.run_dir / FAILED_FILE)["failure"]
+        failure = read_record(RunDir(plan.run_dir).failed)["failure"]
         check.verdict, check.detail = FAILED, str(failure["cause"]).splitlines()[0]
         return
-    check.here = read_record(plan.run_dir / RESULT_FILE)
+    check.here = read_record(RunDir(plan.run_dir).result)
     if check.here["split_sha256"] != record["split_sha256"]:
         check.verdict, check.detail = SPLIT_DIFFERS, "the re-run trained on another split"
         return

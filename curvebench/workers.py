@@ -38,10 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from curvebench.engine.records import run_record_state
+from curvebench.engine.rundir import CLAIM_FILE, RunDir
 from curvebench.io import atomic_write_text
 
-CLAIM_FILE = "claim.json"
 BREAK_SUFFIX = ".break"
 BREAK_STALE_S = 60.0  # a break lock older than this belongs to a worker that died while breaking
 
@@ -131,7 +130,7 @@ class ClaimInfo:
 
 def read_claim(run_dir: Path, *, stale: float | None = None, now: float | None = None) -> ClaimInfo | None:
     """The claim on ``run_dir``, judged alive or dead; None when there is none."""
-    path = Path(run_dir) / CLAIM_FILE
+    path = RunDir(run_dir).claim
     try:
         raw = path.read_bytes()
         mtime = path.stat().st_mtime
@@ -160,7 +159,7 @@ class Claim:
 
     def __init__(self, run_dir: Path, data: dict[str, Any]) -> None:
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / CLAIM_FILE
+        self.path = RunDir(self.run_dir).claim
         self.data = data
         self.token = data["token"]
         self.lost = False
@@ -249,7 +248,7 @@ def try_claim(run_dir: Path, *, worker: str = "", stale: float | None = None) ->
     """Claim ``run_dir`` for this process, reclaiming it from a dead worker; None if a live one holds it."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / CLAIM_FILE
+    path = RunDir(run_dir).claim
     for _ in range(3):
         t = time.time()
         pid = os.getpid()
@@ -289,7 +288,7 @@ def live_status(run_dir: Path, *, stale: float | None = None) -> str:
     """done | failed | corrupt (a record that cannot be read: re-trained by the next invocation) |
     running (claimed, owner alive) | interrupted (started, nobody on it) | missing."""
     run_dir = Path(run_dir)
-    state = run_record_state(run_dir)
+    state = RunDir(run_dir).status
     if state in ("done", "failed"):
         return state
     info = read_claim(run_dir, stale=stale)
@@ -297,7 +296,7 @@ def live_status(run_dir: Path, *, stale: float | None = None) -> str:
         return "running" if info is not None and info.alive else "corrupt"
     if info is not None and info.alive:
         return "running"
-    if (run_dir / "checkpoint.pt").exists() or (run_dir / "config.yaml").exists() or info is not None:
+    if RunDir(run_dir).started or info is not None:
         return "interrupted"
     return "missing"
 
@@ -331,7 +330,7 @@ def work(runs: Sequence[Any], *, worker: str = "", retry_failed: bool = False, p
     while pending:
         busy = []
         for plan in pending:
-            state = run_record_state(plan.run_dir)  # validated: a corrupt record is re-trained
+            state = RunDir(plan.run_dir).status  # validated: a corrupt record is re-trained
             if state == "done":
                 counts["skipped"] += 1
                 continue
@@ -359,7 +358,7 @@ def work(runs: Sequence[Any], *, worker: str = "", retry_failed: bool = False, p
             break
         time.sleep(delay)  # short at first: the other workers are often about to finish
         delay = min(poll, 2 * delay)
-        still = [p for p in busy if run_record_state(p.run_dir) not in ("done", "failed")]
+        still = [p for p in busy if RunDir(p.run_dir).status not in ("done", "failed")]
         if still and not announced:
             report(Event("wait", waiting=still))
             announced = True

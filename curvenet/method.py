@@ -84,7 +84,7 @@ import torch.nn.functional as F
 from curvebench.engine.data import Batch, MetaSampler
 from curvebench.engine.method import Method, Phase, register_method
 from curvebench.engine.phase_timer import PhaseTimer
-from curvebench.engine.reweighting import class_balanced_weights
+from curvebench.engine.reweighting import class_balanced_weights, mean_weight_by_noise
 from curvebench.engine.virtual import FunctionalModel, SGDRule, meta_backward, momentum_buffers, slmo_frozen
 from curvebench.errors import ConfigError
 from curvenet.curves import check_curve_window, curve_dim, lowest_loss_per_class, normalise_curves
@@ -140,7 +140,6 @@ class CurveNetMethod(Method):
     needs_meta = False  # k = 0 draws a pseudo-meta set from the training data (checked in __init__)
     uses_clean_meta = True
     extra_state = ("global_step", "timing_samples")
-    drw_default = False
 
     # -- configuration ----------------------------------------------------------------------------
     @classmethod
@@ -387,10 +386,7 @@ class CurveNetMethod(Method):
     def diagnostics(self, phase: Phase, epoch: int, clean: Any) -> dict[str, Any]:
         if phase.name != ALLOCATE:
             return {}
-        out: dict[str, Any] = {}
-        for name, mask in (("mean_weight_clean", ~clean.noisy), ("mean_weight_noisy", clean.noisy)):
-            if bool(mask.any()):
-                out[name] = float(self.sample_weights[mask].mean())
+        out: dict[str, Any] = mean_weight_by_noise(self.sample_weights, clean)
         out["curvenet_frozen"] = float(epoch >= self.freeze_epoch)
         if self.pseudo_meta_index is not None:
             out["pseudo_meta_clean_fraction"] = float((~clean.noisy[self.pseudo_meta_index]).float().mean())

@@ -37,10 +37,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from curvebench.engine.rundir import ARTIFACTS_FILE  # noqa: E402
 from leaderboard.aggregate import TableResult  # noqa: E402
 from leaderboard.load import Runs  # noqa: E402
 
-ARTIFACTS_FILE = "artifacts.npz"
 FIG1_ARRAYS = ("curves", "labels", "is_noisy")
 FIG5_ARRAYS = ("weights", "labels", "is_noisy")
 FIGURE_PREFIXES = ("fig1_", "fig5_", "fig6_", "ma_")

@@ -16,11 +16,11 @@ from typing import Any, Mapping
 import pandas as pd
 
 from curvebench.engine.hardware import stack_label
-from curvebench.engine.records import FAILED_FILE, RESULT_FILE, validate_record
+from curvebench.engine.records import validate_record
+from curvebench.engine.rundir import RECORD_FILES
 from curvebench.errors import RecordError
 from curvebench.suites import grid_value
 
-RECORD_FILES = (RESULT_FILE, FAILED_FILE)
 MISSING = object()  # a config key the record does not have
 
 # runs.csv columns, in order (plus `tables`, filled in by the report)

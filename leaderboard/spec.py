@@ -96,10 +96,6 @@ class TableSpec:
     measured: bool = False  # a suite of this benchmark: shown first, ranked by MA, with bootstrap intervals
 
     @property
-    def method_rows(self) -> bool:
-        return self.rows is None
-
-    @property
     def has_ma(self) -> bool:
         return self.layout == "ma" or self.ma
 

@@ -15,9 +15,15 @@ from baselines.dal import dal_lambda, dal_loss, dal_q, dal_t0, gce_loss, predict
 from baselines.focal import softmax_focal_loss
 from baselines.ldam_drw import NormedLinear, ldam_loss, ldam_margins
 from curvebench.config import compose_config
+from curvebench.engine.context import CleanLabels
 from curvebench.engine.data import Batch
 from curvebench.engine.method import METHODS, Phase
-from curvebench.engine.reweighting import class_balanced_weights, drw_class_weights, drw_start_epoch
+from curvebench.engine.reweighting import (
+    class_balanced_weights,
+    drw_class_weights,
+    drw_start_epoch,
+    mean_weight_by_noise,
+)
 from curvebench.errors import ConfigError
 from tests.methodhelpers import config, labels_from_counts, make_method
 
@@ -67,6 +73,24 @@ def test_drw_weights_switch_exactly_at_the_start_epoch():
     assert drw_start_epoch({"milestones": [80, 100]}, 7) == 7
     with pytest.raises(ConfigError, match="milestones"):
         drw_start_epoch({"milestones": []})
+
+
+# -- diagnostics: mean weight of clean and of noisy samples -------------------------------------
+def test_mean_weight_by_noise_leaves_out_unknown_clean_labels():
+    observed = torch.tensor([0, 1, 1, 0, 1, 0])
+    clean_labels = torch.tensor([0, 0, -1, 0, -1, 1])  # -1: clean label unknown (samples 2 and 4)
+    clean = CleanLabels(clean_labels, (clean_labels >= 0) & (clean_labels != observed))
+    w = torch.tensor([0.8, 0.2, 100.0, 0.6, 100.0, 0.4])
+    # clean: samples 0, 3 -> (0.8 + 0.6) / 2 = 0.7; noisy: samples 1, 5 -> (0.2 + 0.4) / 2 = 0.3
+    d = mean_weight_by_noise(w, clean)
+    assert d == {"mean_weight_clean": pytest.approx(0.7), "mean_weight_noisy": pytest.approx(0.3)}
+    # not yet weighted (seen False): sample 5 drops out of the noisy mean, sample 0 out of the clean one
+    seen = torch.tensor([False, True, True, True, True, False])
+    d = mean_weight_by_noise(w, clean, seen)
+    assert d == {"mean_weight_clean": pytest.approx(0.6), "mean_weight_noisy": pytest.approx(0.2)}
+    # every clean label unknown: neither group has a member, so neither key is there
+    unknown = CleanLabels(torch.full((6,), -1), torch.zeros(6, dtype=torch.bool))
+    assert mean_weight_by_noise(w, unknown) == {}
 
 
 # -- focal --------------------------------------------------------------------------------------

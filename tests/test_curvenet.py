@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from curvebench.engine.loop import Interrupted, Trainer
+from curvebench.engine.loop import Trainer
 from curvebench.engine.phase_timer import PhaseTimer
 from curvebench.engine.reweighting import class_balanced_weights
 from curvebench.engine.virtual import FunctionalModel, SGDRule, meta_backward, slmo_frozen
@@ -38,7 +39,7 @@ from curvenet.probe import (
     probe_lr,
     publish_curves,
 )
-from tests.helpers import cli, records, run_dirs
+from tests.helpers import assert_same_result, cli, finite_difference_grad, records, reference_run, resumed_run, run_dirs
 from tests.test_virtual_step import Tiny  # the tiny BN network of the virtual-step tests
 
 CELL = ["seed=1", "split.imbalance_factor=10", "split.noise_rate=0.4", "train.deterministic=true"]
@@ -146,16 +147,7 @@ def test_meta_gradient_reaching_curvenet_matches_finite_differences(sl):
 
     meta_backward(loss_meta(), net.parameters())
     analytic = torch.cat([p.grad.flatten() for p in net.parameters()])
-    numeric, eps = [], 1e-6
-    for p in net.parameters():
-        for i in range(p.numel()):
-            p.data.view(-1)[i] += eps
-            up = loss_meta().item()
-            p.data.view(-1)[i] -= 2 * eps
-            down = loss_meta().item()
-            p.data.view(-1)[i] += eps
-            numeric.append((up - down) / (2 * eps))
-    numeric = torch.tensor(numeric, dtype=torch.float64)
+    numeric = finite_difference_grad(loss_meta, list(net.parameters()), eps=1e-6)
     assert analytic.abs().max() > 1e-6
     torch.testing.assert_close(analytic, numeric, rtol=1e-5, atol=1e-9)
 
@@ -553,30 +545,18 @@ def test_curves_from_another_split_are_refused(workdirs, tmp_path):
 
 
 def test_interrupted_curvenet_run_resumes_to_the_same_result(workdirs, tmp_path, monkeypatch):
-    overrides = ["curvenet", *TINY_PROBE, *TINY_RUN]
-    plan = _plan(*overrides)
-    assert run_planned(plan) == "done"
-    reference = json.loads((plan.run_dir / "result.json").read_text())
-    ref_model = torch.load(plan.run_dir / "model.pt")["model"]
-    ref_weights = np.load(plan.run_dir / "artifacts.npz")["weights"]
+    overrides = ["method=curvenet", *CELL, *TINY_PROBE, *TINY_RUN]
+    reference, ref_model = reference_run(overrides)
+    ref_weights = np.load(Path(reference["run_id"]) / "artifacts.npz")["weights"]  # run_id: its run dir
 
     monkeypatch.setenv("CURVEBENCH_SPLITS", str(tmp_path / "splits2"))  # so that this run probes too
-    monkeypatch.setenv("CURVEBENCH_RESULTS", str(tmp_path / "again"))
-    plan2 = _plan(*overrides)
     # killed inside the probe, inside the cyclic probe, just after the probe ended (its curves are
     # published, the allocating stage has not started), after the first epoch of the allocating stage
     # (the last checkpoint of a probe phase is gone), then inside the allocating stage
-    for stop in (1, 2, 2, 1, 1):
-        with pytest.raises(Interrupted):
-            run_planned(plan2, interrupt_after=stop)
-    assert run_planned(plan2) == "done"
-    resumed = json.loads((plan2.run_dir / "result.json").read_text())
+    plan2 = resumed_run(overrides, tmp_path / "again", monkeypatch, (1, 2, 2, 1, 1))
+    resumed = assert_same_result(plan2.run_dir, reference, ref_model)
     assert [p["name"] for p in resumed["phases"]] == ["probe", "probe_cyclic", "allocate"]
-    assert [p["loss_per_epoch"] for p in resumed["phases"]] == [p["loss_per_epoch"] for p in reference["phases"]]
-    assert resumed["metrics"]["top1_per_epoch"] == reference["metrics"]["top1_per_epoch"]
     timed = [[e.get("time_samples") for e in rec["diagnostics"]["per_epoch"]] for rec in (reference, resumed)]
     assert timed[0] == timed[1] and timed[0][-1] >= 1  # timing samples survive the resumes
-    for key, value in ref_model.items():
-        assert torch.equal(value, torch.load(plan2.run_dir / "model.pt")["model"][key]), key
     assert np.array_equal(np.load(plan2.run_dir / "artifacts.npz")["weights"], ref_weights)
     assert not (plan2.run_dir / ".curvenet-probing").exists() and not list((tmp_path / "splits2").rglob("*.lock"))

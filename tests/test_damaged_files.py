@@ -10,12 +10,11 @@ import pytest
 import torch
 
 from curvebench import workers
-from curvebench.engine.checkpoint import PREVIOUS_FILE
 from curvebench.engine.loop import Interrupted
-from curvebench.engine.records import read_record
+from curvebench.engine.rundir import CLAIM_FILE, PREVIOUS_FILE
 from curvebench.run import run_planned
 from curvebench.suites import plan_suite
-from curvebench.workers import CLAIM_FILE, read_claim, try_claim
+from curvebench.workers import read_claim, try_claim
 from tests.helpers import assert_same_result, cli, interrupted_run, reference_run
 from tests.test_engine import DIGITS_CE  # the resume tests' 3-epoch CE run
 
@@ -149,13 +148,10 @@ def test_curvenet_resumes_from_a_previous_checkpoint_of_its_probe(workdirs, tmp_
     """Killed inside the allocating stage's epoch 1 with checkpoint.pt (its epoch 0) damaged: the
     previous checkpoint is the probe's last, and the run resumes from it to the same result."""
     from curvebench.engine.loop import Trainer
-    from tests.test_curvenet import TINY_PROBE, TINY_RUN, _plan
+    from tests.test_curvenet import CELL, TINY_PROBE, TINY_RUN, _plan
 
     overrides = [*TINY_PROBE, *TINY_RUN]
-    plan = _plan("curvenet", *overrides)
-    assert run_planned(plan) == "done"
-    reference = read_record(plan.run_dir / "result.json")
-    ref_model = torch.load(plan.run_dir / "model.pt")["model"]
+    reference, ref_model = reference_run(["method=curvenet", *CELL, *overrides])
 
     monkeypatch.setenv("CURVEBENCH_SPLITS", str(tmp_path / "splits2"))  # so that this run probes too
     monkeypatch.setenv("CURVEBENCH_RESULTS", str(tmp_path / "again"))
@@ -179,11 +175,7 @@ def test_curvenet_resumes_from_a_previous_checkpoint_of_its_probe(workdirs, tmp_
 
     assert run_planned(plan2) == "done"
     assert f"resuming from {PREVIOUS_FILE} (phase probe_cyclic, epoch 1)" in capsys.readouterr().err
-    resumed = read_record(plan2.run_dir / "result.json")
-    assert [p["loss_per_epoch"] for p in resumed["phases"]] == [p["loss_per_epoch"] for p in reference["phases"]]
-    assert resumed["metrics"]["top1_per_epoch"] == reference["metrics"]["top1_per_epoch"]
-    for key, value in ref_model.items():
-        assert torch.equal(value, torch.load(plan2.run_dir / "model.pt")["model"][key]), key
+    assert_same_result(plan2.run_dir, reference, ref_model)
 
 
 # ================================================================================================

@@ -3,44 +3,26 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from baselines.ce import CrossEntropy
-from curvebench.engine.loop import Interrupted
-from curvebench.engine.records import read_record
 from curvebench.run import run_planned
 from curvebench.suites import plan_suite
-from tests.helpers import cli, records, run_dirs
+from tests.helpers import assert_same_result, cli, records, reference_run, resumed_run, run_dirs
 
 DIGITS_CE = ["method=ce", "seed=1", "split.imbalance_factor=10", "split.noise_rate=0.4", "recipe.epochs=3",
              "train.deterministic=true"]
 
 
-def _weights(run_dir):
-    return torch.load(run_dir / "model.pt")["model"]
-
-
 def test_interrupted_run_resumes_to_the_same_result(workdirs, tmp_path, monkeypatch):
-    (plan,) = plan_suite("digits", DIGITS_CE)
-    assert run_planned(plan) == "done"
-    reference = read_record(plan.run_dir / "result.json")
-    ref_weights = _weights(plan.run_dir)
-
-    monkeypatch.setenv("CURVEBENCH_RESULTS", str(tmp_path / "again"))
-    (plan2,) = plan_suite("digits", DIGITS_CE)
-    assert plan2.config_hash == plan.config_hash and plan2.run_dir != plan.run_dir
-    for stop in (1, 1):  # killed after epoch 1, then after epoch 2 of the resumed run
-        with pytest.raises(Interrupted):
-            run_planned(plan2, interrupt_after=stop)
-        assert (plan2.run_dir / "checkpoint.pt").exists() and not (plan2.run_dir / "result.json").exists()
-    assert run_planned(plan2) == "done"
-    resumed = read_record(plan2.run_dir / "result.json")
-    assert resumed["metrics"]["top1_per_epoch"] == reference["metrics"]["top1_per_epoch"]
-    assert [p["loss_per_epoch"] for p in resumed["phases"]] == [p["loss_per_epoch"] for p in reference["phases"]]
-    for key, value in ref_weights.items():
-        assert torch.equal(value, _weights(plan2.run_dir)[key]), key
+    reference, ref_weights = reference_run(DIGITS_CE)
+    # killed after epoch 1, then after epoch 2 of the resumed run (each time: a checkpoint, no result)
+    plan2 = resumed_run(DIGITS_CE, tmp_path / "again", monkeypatch, (1, 1))
+    assert plan2.config_hash == reference["config_hash"] and plan2.run_dir != Path(reference["run_id"])
+    assert_same_result(plan2.run_dir, reference, ref_weights)
 
 
 def test_nan_loss_stops_the_run_and_names_epoch_and_cause(workdirs, monkeypatch):

@@ -20,15 +20,12 @@ from baselines.har import (
     scaled_recipe,
     stage_batchnorms,
 )
-from curvebench.engine.loop import Interrupted
 from curvebench.engine.method import METHODS
-from curvebench.engine.records import read_record
 from curvebench.engine.reweighting import class_balanced_weights
 from curvebench.engine.schedules import recipe_lr
 from curvebench.errors import ConfigError
 from curvebench.models import build_model
-from curvebench.run import run_planned
-from curvebench.suites import plan_suite
+from tests.helpers import assert_same_result, reference_run, resumed_run
 from tests.methodhelpers import config, labels_from_counts, make_method
 
 
@@ -302,20 +299,8 @@ HAR_RUN = ["method=har", "seed=1", "split.imbalance_factor=10", "split.noise_rat
 
 
 def test_har_resumes_inside_a_fold_to_the_same_result(workdirs, tmp_path, monkeypatch):
-    (plan,) = plan_suite("digits", HAR_RUN)
-    assert run_planned(plan) == "done"
-    reference = read_record(plan.run_dir / "result.json")
-    ref = torch.load(plan.run_dir / "model.pt")["model"]
+    reference, ref = reference_run(HAR_RUN)
     assert [p["name"] for p in reference["phases"]] == ["estimate_fold1", "estimate_fold2", "train"]
-
-    monkeypatch.setenv("CURVEBENCH_RESULTS", str(tmp_path / "again"))
-    (plan2,) = plan_suite("digits", HAR_RUN)
-    for stop in (3, 2):  # inside fold 2 (after its first epoch), then inside the final phase
-        with pytest.raises(Interrupted):
-            run_planned(plan2, interrupt_after=stop)
-    assert run_planned(plan2) == "done"
-    resumed = read_record(plan2.run_dir / "result.json")
-    assert resumed["metrics"]["top1_per_epoch"] == reference["metrics"]["top1_per_epoch"]
-    assert [p["loss_per_epoch"] for p in resumed["phases"]] == [p["loss_per_epoch"] for p in reference["phases"]]
-    for key, value in ref.items():
-        assert torch.equal(value, torch.load(plan2.run_dir / "model.pt")["model"][key]), key
+    # killed inside fold 2 (after its first epoch), then inside the final phase
+    plan2 = resumed_run(HAR_RUN, tmp_path / "again", monkeypatch, (3, 2))
+    assert_same_result(plan2.run_dir, reference, ref)

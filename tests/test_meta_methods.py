@@ -34,10 +34,11 @@ from curvebench.engine.loop import Trainer
 from curvebench.engine.method import Phase
 from curvebench.engine.virtual import FunctionalModel, SGDRule, meta_backward
 from curvebench.errors import ConfigError
+from tests.helpers import assert_same_result, finite_difference_grad, reference_run, resumed_run
 
 
 # ------------------------------------------------------------------------------------------------
-# helpers: a tiny float64 network with BatchNorm, finite differences, a fake training context
+# helpers: a tiny float64 network with BatchNorm, a fake training context
 class TinyNet(nn.Module):
     def __init__(self, k: int = 3) -> None:
         super().__init__()
@@ -47,19 +48,6 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         return self.linear(F.relu(self.bn(self.conv(x))).mean((2, 3)))
-
-
-def _finite_differences(fn, params, eps=1e-6):
-    out = []
-    for p in params:
-        for i in range(p.numel()):
-            p.data.view(-1)[i] += eps
-            up = fn().item()
-            p.data.view(-1)[i] -= 2 * eps
-            down = fn().item()
-            p.data.view(-1)[i] += eps
-            out.append((up - down) / (2 * eps))
-    return torch.tensor(out, dtype=torch.float64)
 
 
 @functools.lru_cache(maxsize=None)
@@ -173,7 +161,7 @@ def test_mwnet_meta_gradient_matches_finite_differences(normalize, detach):
 
     meta_backward(meta_loss(), vnet.parameters())
     analytic = torch.cat([p.grad.flatten() for p in vnet.parameters()])
-    numeric = _finite_differences(meta_loss, list(vnet.parameters()))
+    numeric = finite_difference_grad(meta_loss, list(vnet.parameters()))
     assert analytic.abs().max() > 1e-6
     torch.testing.assert_close(analytic, numeric, rtol=1e-5, atol=1e-8)
 
@@ -298,6 +286,19 @@ def test_mwnet_diagnostics_mean_weight_clean_and_noisy(tmp_path):
     d = method.diagnostics(PHASE, 0, clean)
     assert d["mean_weight_noisy"] == pytest.approx(0.2) and d["mean_weight_clean"] == pytest.approx(0.8)
     assert d["mean_weight"] == pytest.approx(0.65)
+
+
+def test_mwnet_diagnostics_leave_out_samples_of_unknown_clean_label(tmp_path):
+    method, ctx, clean = _method(MetaWeightNetNoise, tmp_path=tmp_path)
+    method.sample_weight.fill_(float("nan"))
+    method.sample_weight[:8] = torch.tensor([0.1, 0.9, 0.9, 0.9, 0.3, 0.7, 0.7, 0.7])
+    labels = clean.labels.clone()
+    labels[[0, 1]] = -1  # clean labels unknown: sample 0 (was noisy) and 1 (was clean)
+    unknown = CleanLabels(labels, (labels >= 0) & (labels != ctx.train.labels))
+    d = method.diagnostics(PHASE, 0, unknown)
+    # noisy: sample 4 only (0.3); clean: samples 2, 3, 5, 6, 7 -> (0.9 + 0.9 + 0.7 + 0.7 + 0.7) / 5 = 0.78
+    assert d["mean_weight_noisy"] == pytest.approx(0.3) and d["mean_weight_clean"] == pytest.approx(0.78)
+    assert d["mean_weight"] == pytest.approx(0.65)  # every weighted sample, whatever its clean label
 
 
 # ------------------------------------------------------------------------------------------------
@@ -435,7 +436,7 @@ def test_dynamic_loss_meta_gradient_matches_finite_differences():
 
     meta_backward(meta_loss(), net.parameters())
     analytic = torch.cat([p.grad.flatten() for p in net.parameters()])
-    numeric = _finite_differences(meta_loss, list(net.parameters()))
+    numeric = finite_difference_grad(meta_loss, list(net.parameters()))
     assert net.mg[4].bias.grad.abs().max() > 1e-6 and net.lc[4].bias.grad.abs().max() > 1e-6
     torch.testing.assert_close(analytic, numeric, rtol=1e-5, atol=1e-8)
 
@@ -544,27 +545,12 @@ def test_dynamic_loss_union_with_the_clean_meta_set(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["mwnet_noise", "mwnet_imb", "dynamic_loss"])
 def test_interrupted_run_resumes_to_the_same_result(workdirs, tmp_path, monkeypatch, method):
-    from curvebench.engine.loop import Interrupted
-    from curvebench.engine.records import read_record
-    from curvebench.run import run_planned
-    from curvebench.suites import plan_suite
-
     overrides = [f"method={method}", "seed=1", "split.imbalance_factor=10", "split.noise_rate=0.4",
                  "recipe.epochs=3", "train.deterministic=true"]
     if method == "dynamic_loss":
         overrides.append("method.warm_epochs=1")
-    (plan,) = plan_suite("digits", overrides)
-    assert run_planned(plan) == "done"
-    reference = read_record(plan.run_dir / "result.json")
-    monkeypatch.setenv("CURVEBENCH_RESULTS", str(tmp_path / "again"))
-    (plan2,) = plan_suite("digits", overrides)
-    with pytest.raises(Interrupted):
-        run_planned(plan2, interrupt_after=2)  # killed after epoch 1 (the first meta epoch of dynamic_loss)
-    assert run_planned(plan2) == "done"
-    resumed = read_record(plan2.run_dir / "result.json")
-    assert resumed["metrics"]["top1_per_epoch"] == reference["metrics"]["top1_per_epoch"]
-    assert [p["loss_per_epoch"] for p in resumed["phases"]] == [p["loss_per_epoch"] for p in reference["phases"]]
+    reference, ref_weights = reference_run(overrides)
+    # killed after epoch 1 (the first meta epoch of dynamic_loss)
+    plan2 = resumed_run(overrides, tmp_path / "again", monkeypatch, 2)
+    resumed = assert_same_result(plan2.run_dir, reference, ref_weights)
     assert resumed["diagnostics"] == reference["diagnostics"]
-    a, b = torch.load(plan.run_dir / "model.pt"), torch.load(plan2.run_dir / "model.pt")
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key

@@ -18,13 +18,12 @@ from baselines.selection import precision_recall, small_loss_positions
 from curvebench.config import compose_config
 from curvebench.engine.context import CleanLabels
 from curvebench.engine.data import Batch
-from curvebench.engine.loop import Interrupted
 from curvebench.engine.method import Phase
 from curvebench.engine.records import read_record
 from curvebench.errors import ConfigError
 from curvebench.run import run_planned
 from curvebench.suites import plan_suite
-from tests.helpers import cli
+from tests.helpers import assert_same_result, cli, resumed_run
 
 
 def softplus(a: float) -> float:
@@ -318,15 +317,9 @@ def test_o2u_runs_three_phases_and_resumes_exactly(workdirs, tmp_path, monkeypat
     batch = int(plan.cfg.recipe.batch_size)
     assert [h["steps"] for h in history] == [-(-n // batch), -(-n // 16), -(-n // 16)] + [-(-int(0.6 * n) // batch)] * 2
 
-    monkeypatch.setenv("CURVEBENCH_RESULTS", str(tmp_path / "again"))
-    (plan2,) = plan_suite("digits", O2U_SHORT)
-    for stop in (2, 1):  # killed inside the cyclic stage, then at its end (before retraining)
-        with pytest.raises(Interrupted):
-            run_planned(plan2, interrupt_after=stop)
-    assert run_planned(plan2) == "done"
-    again = read_record(plan2.run_dir / "result.json")
-    assert again["metrics"]["top1_per_epoch"] == ref["metrics"]["top1_per_epoch"]
-    assert [p["loss_per_epoch"] for p in again["phases"]] == [p["loss_per_epoch"] for p in ref["phases"]]
+    # killed inside the cyclic stage, then at its end (before retraining)
+    plan2 = resumed_run(O2U_SHORT, tmp_path / "again", monkeypatch, (2, 1))
+    again = assert_same_result(plan2.run_dir, ref)
     assert again["diagnostics"] == ref["diagnostics"]
     art2 = np.load(plan2.run_dir / "artifacts.npz")
     assert np.array_equal(art["o2u_score"], art2["o2u_score"]) and np.array_equal(art["o2u_kept"], art2["o2u_kept"])

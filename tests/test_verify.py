@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from curvebench.cli import main
-from curvebench.engine.records import RESULT_FILE, read_record, validate_record
+from curvebench.engine.records import read_record, validate_record
+from curvebench.engine.rundir import RESULT_FILE
 from curvebench.verify import CONFIDENCE, sample_paths, tolerance_for
 from tests.helpers import cli
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from curvebench.engine.virtual import FunctionalModel, SGDRule, meta_backward, momentum_buffers, slmo_frozen
 from curvebench.errors import ConfigError
 from curvebench.models import build_model
+from tests.helpers import finite_difference_grad
 
 
 class Tiny(nn.Module):
@@ -53,16 +54,9 @@ def test_meta_gradient_matches_finite_differences(rule):
     bufs = {n: torch.randn_like(p) * 0.1 for n, p in model.named_parameters()} if rule.momentum else {}
     meta_backward(_meta_loss(model, wnet, x, y, xm, ym, rule, bufs), wnet.parameters())
     analytic = torch.cat([p.grad.flatten() for p in wnet.parameters()])
-    numeric, eps = [], 1e-6
-    for p in wnet.parameters():
-        for i in range(p.numel()):
-            p.data.view(-1)[i] += eps  # the virtual step needs autograd, so perturb outside no_grad
-            up = _meta_loss(model, wnet, x, y, xm, ym, rule, bufs).item()
-            p.data.view(-1)[i] -= 2 * eps
-            down = _meta_loss(model, wnet, x, y, xm, ym, rule, bufs).item()
-            p.data.view(-1)[i] += eps
-            numeric.append((up - down) / (2 * eps))
-    numeric = torch.tensor(numeric, dtype=torch.float64)
+    # perturbed outside no_grad: the virtual step needs autograd
+    numeric = finite_difference_grad(lambda: _meta_loss(model, wnet, x, y, xm, ym, rule, bufs),
+                                     list(wnet.parameters()), eps=1e-6)
     assert analytic.abs().max() > 1e-6, "the meta-gradient must not vanish"
     torch.testing.assert_close(analytic, numeric, rtol=1e-5, atol=1e-8)
 

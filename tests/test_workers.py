@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from curvebench import workers
-from curvebench.workers import CLAIM_FILE, read_claim, try_claim
+from curvebench.engine.rundir import CLAIM_FILE
+from curvebench.workers import read_claim, try_claim
 from tests.helpers import cli, valid_record_text
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -31,10 +31,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from curvebench.engine.rundir import PREVIOUS_FILE, RunDir
 from curvebench.io import atomic_path, move_aside
 
-CHECKPOINT_FILE = "checkpoint.pt"
-PREVIOUS_FILE = "checkpoint.prev.pt"  # the checkpoint before the last one, kept until the next is complete
 _NDARRAY = "__ndarray__"
 _REQUIRED = ("phase", "epoch", "method", "rng", "history", "conf_last", "conf_best")
 _LEAVES = (torch.Tensor, str, bytes, int, float, complex, bool, type(None), set, torch.dtype, torch.device)
@@ -149,8 +148,9 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 def remove_checkpoints(run_dir: Path) -> None:
     """A finished run's result replaces its checkpoints (set-aside files stay)."""
-    for name in (CHECKPOINT_FILE, PREVIOUS_FILE):
-        (Path(run_dir) / name).unlink(missing_ok=True)
+    files = RunDir(run_dir)
+    for path in (files.checkpoint, files.previous_checkpoint):
+        path.unlink(missing_ok=True)
 
 
 # -- reading --------------------------------------------------------------------------------------

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from curvebench.engine.checkpoint import CHECKPOINT_FILE, resume_state, rng_state, save_checkpoint, set_rng_state
+from curvebench.engine.checkpoint import resume_state, rng_state, save_checkpoint, set_rng_state
 from curvebench.engine.context import CleanLabels, TrainContext
 from curvebench.engine.evaluate import accuracy, confusion_matrix
 from curvebench.engine.fastpath import train_autocast
 from curvebench.engine.method import Method, Phase
+from curvebench.engine.rundir import RunDir
 
 
 class NonFiniteLoss(RuntimeError):
@@ -55,7 +55,7 @@ class Trainer:
         self.progress = progress
         self.checkpoint = checkpoint
         self.interrupt_after = interrupt_after
-        self.ckpt_path = ctx.run_dir / CHECKPOINT_FILE
+        self.ckpt_path = RunDir(ctx.run_dir).checkpoint
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> TrainOutcome:
@@ -161,7 +161,3 @@ class Trainer:
         conf = confusion_matrix(models[names[0]], self.ctx.test, self.eval_batch_size)
         extra = {n: accuracy(confusion_matrix(models[n], self.ctx.test, self.eval_batch_size)) for n in names[1:]}
         return conf, extra
-
-
-def checkpoint_path(run_dir: Path) -> Path:
-    return run_dir / CHECKPOINT_FILE

@@ -23,8 +23,6 @@ from curvebench.errors import RecordError
 from curvebench.io import atomic_write_text
 
 SCHEMA_VERSION = 1
-RESULT_FILE = "result.json"
-FAILED_FILE = "failed.json"
 
 # Keys of the resolved config that do not change what is trained (where files go, how progress
 # is shown, which device runs it). They are left out of the config hash. The seed is left out
@@ -186,18 +184,6 @@ def record_state(path: Path) -> str:
         state = "corrupt"
     _STATE_CACHE[str(path)] = (key, state)
     return state
-
-
-def run_record_state(run_dir: Path) -> str:
-    """done | failed (training failed) | corrupt (a record that cannot be trusted) | retry (an earlier
-    failure outside training) | none: what the run's records say, validated."""
-    result = record_state(Path(run_dir) / RESULT_FILE)
-    if result == "valid":
-        return "done"
-    if result == "corrupt":
-        return "corrupt"
-    failed = record_state(Path(run_dir) / FAILED_FILE)
-    return {"valid": "failed", "corrupt": "corrupt", "setup": "retry"}.get(failed, "none")
 
 
 def _json_default(obj: Any) -> Any:

@@ -8,12 +8,15 @@ CurveNet's DRW option (docs/methods.md §5, §6, §11, §2.7).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import torch
 
 from curvebench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from curvebench.engine.context import CleanLabels
 
 DEFAULT_BETA = 0.9999  # the CB paper's CIFAR-LT default; LDAM-DRW and HAR use it for DRW
 
@@ -98,11 +101,20 @@ def check_drw_options(m: Mapping[str, Any], recipe: Mapping[str, Any]) -> None:
         drw_start_epoch(recipe, m["drw_epoch"])
 
 
-def mean_weight_by_noise(sample_weights: torch.Tensor, noisy: torch.Tensor) -> dict[str, float]:
-    """Diagnostics: the mean weight given to clean and to noisy training samples (None-free:
-    a group with no member is left out)."""
+def mean_weight_by_noise(sample_weights: torch.Tensor, clean: CleanLabels,
+                         seen: torch.Tensor | None = None) -> dict[str, float]:
+    """Diagnostics: ``mean_weight_clean`` / ``mean_weight_noisy``, the mean weight of the training
+    samples whose observed label is / is not their clean one.
+
+    A sample whose clean label is unknown (-1) is neither clean nor noisy: it counts in neither
+    mean; nor does one outside ``seen`` (a sample not weighted yet). A group with no member is left
+    out (no None values).
+    """
+    known = clean.labels >= 0
+    if seen is not None:
+        known = known & seen
     out: dict[str, float] = {}
-    for name, mask in (("mean_weight_clean", ~noisy), ("mean_weight_noisy", noisy)):
+    for name, mask in (("mean_weight_clean", known & ~clean.noisy), ("mean_weight_noisy", known & clean.noisy)):
         if bool(mask.any()):
             out[name] = float(sample_weights[mask].float().mean())
     return out
