@@ -1,5 +1,5 @@
-"""``curvebench perf``: time every registered method's training step, the meta step phase by phase
-(SLMO 0-3) and MW-Net functional vs reference-style, with FLOPs and host-sync counts, on synthetic
+"""``curvebench perf``: time every registered method's training step, phase by phase as the method
+marks them (CurveNet at every SLMO level, ``--sl``) and MW-Net functional vs reference-style, with FLOPs and host-sync counts, on synthetic
 CIFAR-shaped data; or extrapolate full runs from a few epochs (``--epochs``); or measure the
 aggregate throughput of N concurrent runs (``--concurrent``). See PERFORMANCE.md.
 
@@ -30,19 +30,16 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--methods", nargs="*", default=None,
-                   help="registered methods to time (default: all; none: only the generic/reference steps)")
+                   help="registered methods to time (default: all; none: only the MW-Net reference steps)")
     p.add_argument("--models", nargs="+", default=None, help="default: resnet32 wrn16_8 (--quick: resnet32)")
     p.add_argument("--batch-size", type=int, default=None, help="training batch (default: the recipe's, 128)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 10)")
     p.add_argument("--steps", type=int, default=None, help="steps per case per round (default 1)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps per case (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1; see PERFORMANCE.md)")
-    p.add_argument("--sl", type=int, nargs="+", default=[0, 1, 2, 3], help="SLMO levels of the meta step")
-    p.add_argument("--sl-key", action="append", default=[], metavar="METHOD=KEY",
-                   help="config key of a method's SLMO level, e.g. curvenet=method.fro_stage (default: found "
-                        "among method.sl/slmo/fro_stage/skip_layers); such a method is timed at every --sl")
+    p.add_argument("--sl", type=int, nargs="+", default=[0, 1, 2, 3],
+                   help="SLMO levels (method.slmo) at which a method that declares one (CurveNet) is timed")
     p.add_argument("--at-epoch", type=int, default=0, help="epoch passed to on_epoch_start/train_step (default 0)")
-    p.add_argument("--no-generic", action="store_true", help="skip the generic meta step (SL sweep)")
     p.add_argument("--no-reference", action="store_true", help="skip MW-Net functional vs reference-style")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every case, e.g. train.channels_last=true (repeatable)")
@@ -79,16 +76,6 @@ def _methods(requested: Sequence[str] | None) -> list[str]:
     return list(requested)
 
 
-def _sl_keys(items: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        method, sep, key = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--sl-key {item!r}: expected METHOD=KEY, e.g. curvenet=method.fro_stage")
-        out[method] = key
-    return out
-
-
 def _device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
@@ -99,7 +86,6 @@ def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(list(argv))
     device = _device(args.device)
     _methods(args.methods)  # unknown names fail before any work
-    _sl_keys(args.sl_key)
     torch.set_num_threads(args.threads)
     def log(line: str) -> None:  # progress on stderr, tables on stdout
         if not args.no_progress:
@@ -145,8 +131,7 @@ def _steps(args: argparse.Namespace, device: torch.device, log: Any) -> list[dic
         for model in models:
             log(f"{model}: building and checking cases")
             cases = build_cases(model, data, device, wd, methods=methods, batch_size=batch, at_epoch=args.at_epoch,
-                                overrides=args.override, sls=args.sl, generic=not args.no_generic,
-                                reference=not args.no_reference, sl_keys=_sl_keys(args.sl_key))
+                                overrides=args.override, sls=args.sl, reference=not args.no_reference)
             rep = run_cases(cases, model, device, rounds=rounds, steps=steps, warmup=warmup, log=log)
             print()
             print(format_report(rep, device), flush=True)
