@@ -61,7 +61,7 @@ Deviations from the official code:
   ``on_epoch_start`` and returned by ``train_subset``, which the engine reads every epoch; a
   device-side counter checks in every meta epoch that no pseudo-meta sample was trained on.
 
-Phases of a meta step (``ctx.mark_phase``, timed on a sample of steps as ``time_<phase>_ms``):
+Phases of a meta step (``ctx.mark_phase``, timed by ``curvebench perf``):
 ``meta_loss`` (weak view, meta batch, virtual step and meta forward), ``meta_backward`` (with the
 meta-net's Adam step), ``real``.
 

@@ -53,7 +53,7 @@ Deviations from the official codes:
   is not reproduced;
 - the zero-sum guard of MW-Net(imb) is ``torch.where`` on the device instead of a Python ``if``.
 
-Phases (``ctx.mark_phase``, timed on a sample of steps as ``time_<phase>_ms``): ``meta_loss`` (meta
+Phases (``ctx.mark_phase``, timed by ``curvebench perf``): ``meta_loss`` (meta
 batch, virtual step and meta forward), ``meta_backward`` (with V's optimiser step), ``real``.
 
 Diagnostics (clean labels, measurement only): the mean V-Net output (the raw weight in (0, 1), before

@@ -497,14 +497,22 @@ def test_phase_timer_samples_every_nth_step():
     assert off.timed == 0 and off.medians() == {}
 
 
-def test_the_engine_times_the_marked_phases_of_every_method(workdirs):
-    """The engine's timer is behind ctx.mark_phase in every run: MW-Net's phases get their medians
-    too (sampled with the default every 20th marked step after 10)."""
-    assert cli("digits", "method=mwnet_noise", *CELL, "recipe.epochs=2", "train.limit_batches=12") == 0
-    (rec,) = [r for r in records(workdirs["results"]) if r["method"] == "mwnet_noise"]
-    diag = rec["diagnostics"]["last"]
+def test_the_engine_times_the_phases_any_method_marks(workdirs, tmp_path):
+    """The engine's timer is behind ctx.mark_phase in every run; a method without timing_every
+    (MW-Net) is not timed in training, and is once sampling is on."""
+    from baselines.mwnet import MetaWeightNetNoise
+
+    (plan,) = plan_suite("digits", ["method=mwnet_noise", *CELL, "recipe.epochs=2", "train.limit_batches=12"])
+    ctx, clean, _, generators, _ = build_context(plan)
+    trainer = Trainer(ctx, MetaWeightNetNoise(ctx, plan.cfg.method), clean, generators=generators, checkpoint=False)
+    assert ctx.phase_marker is trainer.phase_timer and trainer.phase_timer.every == 0
+    trainer.phase_timer.every = 20  # the default sampling of CurveNet's timing_every / timing_skip
+    history = trainer.run().history
+    steps = sum(h["steps"] for h in history)
+    assert trainer.phase_timer.steps == steps and 11 <= steps <= 30  # every step marked; step 10 timed only
+    diag = history[-1]["diagnostics"]
     assert {"time_meta_loss_ms", "time_meta_backward_ms", "time_real_ms", "time_meta_ms"} <= set(diag)
-    assert diag["time_samples"] == 1.0  # 24 marked steps: step 10 only
+    assert diag["time_samples"] == 1.0
     assert diag["time_meta_ms"] == pytest.approx(diag["time_meta_loss_ms"] + diag["time_meta_backward_ms"])
 
 

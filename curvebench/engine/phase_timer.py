@@ -7,7 +7,9 @@ installs the ``PhaseMarker`` behind it on the ``TrainContext`` of every run and 
 ``end_step()`` after every ``train_step``:
 
 - in training, ``PhaseTimer``, the Table 8 timer: only every ``every``-th step that marks a phase
-  (after ``skip`` warm-up ones) is timed; on a timed step the device is synchronised at each phase
+  (after ``skip`` warm-up ones) is timed, with the method's ``timing_every`` / ``timing_skip``
+  (CurveNet: 20, 10); a method without them is not timed in training (its records stay
+  deterministic: wall-clock times would differ between a run and its resume); on a timed step the device is synchronised at each phase
   boundary, so the phases do not blur into each other; the other steps run without any host
   synchronisation. ``every = 0`` turns timing off. Its samples (milliseconds) are checkpointed by
   the engine, and their medians join the method's diagnostics as ``time_<phase>_ms``;
@@ -25,7 +27,7 @@ import torch
 
 PHASES = ("virtual", "meta_forward", "meta_backward", "real")  # CurveNet's meta step (Table 8)
 REAL = "real"  # the classifier's own step; every other marked phase is part of the meta step
-DEFAULT_EVERY, DEFAULT_SKIP = 20, 10  # for methods without ``timing_every`` / ``timing_skip``
+DEFAULT_EVERY, DEFAULT_SKIP = 20, 10
 
 
 class PhaseMarker(Protocol):
@@ -74,9 +76,8 @@ class PhaseTimer:
 
     @classmethod
     def for_method(cls, device: torch.device, method_cfg: Mapping[str, Any]) -> "PhaseTimer":
-        """With the method's ``timing_every`` / ``timing_skip`` when its config has them (CurveNet)."""
-        return cls(device, int(method_cfg.get("timing_every", DEFAULT_EVERY)),
-                   int(method_cfg.get("timing_skip", DEFAULT_SKIP)))
+        """With the method's ``timing_every`` / ``timing_skip`` (CurveNet); off when it has none."""
+        return cls(device, int(method_cfg.get("timing_every", 0)), int(method_cfg.get("timing_skip", DEFAULT_SKIP)))
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
