@@ -7,6 +7,7 @@ aggregate throughput of N concurrent runs (``--concurrent``). See PERFORMANCE.md
                     [--batch-size 128] [--rounds 10] [--quick] [--json out.json]
     curvebench perf --epochs 1 [--limit-batches 20] [--methods ...] [--device cuda]
     curvebench perf --concurrent 8 [--duration 30] [--methods ce] [--device cuda]
+    curvebench perf --gpu-check --out DIR [--device cuda]   (scripts/gpu-check.sh; perf/gpu_check.py)
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--concurrent", type=int, nargs="+", default=None, metavar="N",
                    help="aggregate img/s of N processes at once on the device (e.g. 1 4 8 16)")
     g.add_argument("--duration", type=float, default=30.0, help="seconds each concurrent worker trains")
+    g = p.add_argument_group("GPU check (scripts/gpu-check.sh)")
+    g.add_argument("--gpu-check", action="store_true",
+                   help="smoke suite, CE epoch, meta/CE ratios, concurrency and extrapolated runs with their targets, "
+                        "as JSON and markdown in --out (at most 8 min on one GPU; --device cpu: a reduced size)")
+    g.add_argument("--out", type=Path, default=None, help="folder for gpu-check.json and gpu-check.md")
+    g.add_argument("--gpu-check-sections", nargs="+", default=None, metavar="SECTION",
+                   help="only these sections: smoke ce_epoch meta_ce concurrent extrapolated (default: all)")
     return p
 
 
@@ -84,6 +92,8 @@ def _device(name: str) -> torch.device:
 
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(list(argv))
+    if args.gpu_check and args.out is None:
+        raise ConfigError("--gpu-check writes its figures to a folder: add --out DIR")
     device = _device(args.device)
     _methods(args.methods)  # unknown names fail before any work
     torch.set_num_threads(args.threads)
@@ -99,6 +109,14 @@ def main(argv: Sequence[str]) -> int:
           f"({env['cpu_count']} CPUs, {args.threads} thread(s))  load avg {env['loadavg'][0]:.2f} "
           f"{env['loadavg'][1]:.2f} {env['loadavg'][2]:.2f}")
     out: dict[str, Any] = {"environment": env}
+    if args.gpu_check:
+        from curvebench.perf.gpu_check import SECTIONS, run
+
+        sections = args.gpu_check_sections or SECTIONS
+        unknown = sorted(set(sections) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"--gpu-check-sections: unknown {unknown}; choose among {' '.join(SECTIONS)}")
+        return run(device, args.out, env, log, sections)
     if args.concurrent:
         out["concurrent"] = _concurrent(args, device, log)
     elif args.epochs:
