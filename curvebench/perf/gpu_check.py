@@ -315,7 +315,8 @@ def markdown(out: dict[str, Any]) -> str:
     env = out["environment"]
     lines = [f"# GPU check: {env.get('gpu', env.get('cpu'))}", "",
              f"`{env['command']}`, {env['date']}, torch {env['torch']}, {out['size']}-size"
-             f" ({out['wall_s']:.0f} s).", "", "## Targets", "", "| target | value | limit | verdict |",
+             f" ({out['wall_s']:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in out["section_s"].items()) + ").",
+             "", "## Targets", "", "| target | value | limit | verdict |",
              "|---|---|---|---|"]
     lines += [f"| {t['name']} | {_cell(t['value'])} | {t['target']} | {_verdict(t['ok'])} |" for t in out["targets"]]
     smoke = out.get("smoke")
@@ -379,21 +380,25 @@ def run(device: torch.device, out_dir: Path, env: dict[str, Any], log: Callable[
     Returns 1 when a section crashed or a smoke run failed, else 0 (targets never fail it)."""
     size = size_for(device)
     t0 = time.perf_counter()
-    out: dict[str, Any] = {"environment": env, "size": "full" if size is FULL else "reduced", "errors": {}}
+    out: dict[str, Any] = {"environment": env, "size": "full" if size is FULL else "reduced", "errors": {},
+                           "section_s": {}}
 
     def section(name: str, fn: Callable[[], Any]) -> None:
         if name not in sections:
             out[name] = "skipped (--gpu-check-sections)"
             return
+        start = time.perf_counter()
         try:
             out[name] = fn()
         except Exception:  # noqa: BLE001 - recorded; the other sections still run
             out["errors"][name] = traceback.format_exc()
             out[name] = "crashed: " + out["errors"][name].strip().splitlines()[-1]
             log(f"{name} crashed:\n{out['errors'][name]}")
+        out["section_s"][name] = time.perf_counter() - start
 
     section("smoke", lambda: smoke_section(device, size, log))
     if "ce_epoch" in sections or "meta_ce" in sections:
+        start = time.perf_counter()
         try:
             out["ce_epoch"], out["meta_ce"] = steps_section(device, size, log)
         except Exception:  # noqa: BLE001
@@ -401,6 +406,7 @@ def run(device: torch.device, out_dir: Path, env: dict[str, Any], log: Callable[
             out["errors"]["ce_epoch"] = out["errors"]["meta_ce"] = err
             out["ce_epoch"] = out["meta_ce"] = "crashed: " + err.strip().splitlines()[-1]
             log(f"steps crashed:\n{err}")
+        out["section_s"]["ce_epoch+meta_ce"] = time.perf_counter() - start
     else:
         out["ce_epoch"] = out["meta_ce"] = "skipped (--gpu-check-sections)"
     section("concurrent", lambda: concurrent_section(device, size, log))
