@@ -61,6 +61,10 @@ Deviations from the official code:
   ``on_epoch_start`` and returned by ``train_subset``, which the engine reads every epoch; a
   device-side counter checks in every meta epoch that no pseudo-meta sample was trained on.
 
+Phases of a meta step (``ctx.mark_phase``, timed by ``curvebench perf``):
+``meta_loss`` (weak view, meta batch, virtual step and meta forward), ``meta_backward`` (with the
+meta-net's Adam step), ``real``.
+
 Diagnostics (clean labels, measurement only): the label-correction accuracy, the fraction of samples
 whose corrected target's argmax equals the clean label (``lc_acc``), separately on noisy
 (``lc_acc_noisy``) and clean (``lc_acc_clean``) samples, over the targets computed in the epoch (the
@@ -370,16 +374,20 @@ class DynamicLoss(Method):
     def _meta_step(self, batch: Batch, phase: Phase) -> dict[str, torch.Tensor]:
         gen = self.ctx.generator
         fm = self._fm
+        mark = self.ctx.mark_phase  # phase timing (engine/phase_timer.py)
+        mark("meta_loss")  # the meta batch, the virtual step and the meta forward (one function)
         weak_x = self.ctx.train.view(batch.index, augment=False)
         rank = self.rank[batch.index]
         meta = self.meta_sampler.next_batch(int(self.cfg.get("meta_batch_size") or phase.batch_size))
         meta_loss, weak_logits = dynamic_meta_loss(
             fm, fm.params(), self.metanet, weak_x, batch.y, rank, lambda z: gumbel_hard(z, gen), meta.x, meta.y,
             SGDRule.from_optimizer(self.optimizer), momentum_buffers(self.optimizer, self.model))
+        mark("meta_backward")
         self.meta_optimizer.zero_grad(set_to_none=True)
         meta_backward(meta_loss, self.metanet.parameters())
         self.meta_optimizer.step()
 
+        mark("real")
         with torch.no_grad():
             target = self.metanet.target(rank, batch.y, gumbel_hard(weak_logits, gen))  # a new draw
             margin = self.metanet.margin()

@@ -53,6 +53,9 @@ Deviations from the official codes:
   is not reproduced;
 - the zero-sum guard of MW-Net(imb) is ``torch.where`` on the device instead of a Python ``if``.
 
+Phases (``ctx.mark_phase``, timed by ``curvebench perf``): ``meta_loss`` (meta
+batch, virtual step and meta forward), ``meta_backward`` (with V's optimiser step), ``real``.
+
 Diagnostics (clean labels, measurement only): the mean V-Net output (the raw weight in (0, 1), before
 MW-Net(imb)'s normalisation) given in the real step to clean and to noisy training samples in each
 epoch. Artifacts: the last epoch's per-sample weights and V's weight function on a loss grid.
@@ -176,14 +179,18 @@ class _MetaWeightNet(Method):
 
     def train_step(self, batch: Batch, phase: Phase, epoch: int) -> dict[str, torch.Tensor]:
         fm = self._fm
+        mark = self.ctx.mark_phase  # phase timing (engine/phase_timer.py)
+        mark("meta_loss")  # the meta batch, the virtual step and the meta forward (one function)
         meta = self._meta_batch(int(self.cfg.get("meta_batch_size") or phase.batch_size))
         lr = self.optimizer.param_groups[0]["lr"]
         meta_loss = mwnet_meta_loss(fm, fm.params(), self.vnet, batch.x, batch.y, meta.x, meta.y, lr,
                                     self.normalize, self.detach_input)
+        mark("meta_backward")
         self.vnet_optimizer.zero_grad(set_to_none=True)
         meta_backward(meta_loss, self.vnet.parameters())
         self.vnet_optimizer.step()
 
+        mark("real")
         losses = F.cross_entropy(self.model(batch.x), batch.y, reduction="none")
         with torch.no_grad():
             weights = self.vnet(losses.detach())

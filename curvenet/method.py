@@ -64,7 +64,8 @@ pseudo-meta sampler (``MetaSampler(ctx.train, subset)``) draws its batches and a
 engine's data stream.
 
 Diagnostics (per allocating epoch): ``mean_weight_clean`` / ``mean_weight_noisy`` (each sample's
-latest weight), ``curvenet_frozen``, ``pseudo_meta_clean_fraction`` (k = 0), ``probe_coverage`` and the
+latest weight), ``curvenet_frozen``, ``pseudo_meta_clean_fraction`` (k = 0), ``probe_coverage``, and from
+the engine's phase timer (``engine/phase_timer.py``, sampled by ``timing_every`` / ``timing_skip``) the
 medians ``time_virtual_ms``, ``time_meta_forward_ms``, ``time_meta_backward_ms`` (with the Adam step,
 as the code's "meta time"), ``time_real_ms``, ``time_meta_ms``. Artifacts: ``weights`` [n] (the
 weights at the freeze, which no longer change) and ``curves`` [n, T] (the raw probe losses).
@@ -83,7 +84,6 @@ import torch.nn.functional as F
 
 from curvebench.engine.data import Batch, MetaSampler
 from curvebench.engine.method import Method, Phase, register_method
-from curvebench.engine.phase_timer import PhaseTimer
 from curvebench.engine.reweighting import class_balanced_weights, mean_weight_by_noise
 from curvebench.engine.virtual import FunctionalModel, SGDRule, meta_backward, momentum_buffers, slmo_frozen
 from curvebench.errors import ConfigError
@@ -139,7 +139,6 @@ class CurveNetMethod(Method):
 
     needs_meta = False  # k = 0 draws a pseudo-meta set from the training data (checked in __init__)
     uses_clean_meta = True
-    extra_state = ("global_step", "timing_samples")
 
     # -- configuration ----------------------------------------------------------------------------
     @classmethod
@@ -277,9 +276,6 @@ class CurveNetMethod(Method):
             self.meta_sampler = ctx.meta
         else:
             self.meta_sampler = ctx.meta.per_class(int(c.meta_per_class))
-        self.global_step = 0
-        self.timing_samples: dict[str, list[float]] = {}
-        self.timer = PhaseTimer(dev, self.timing_samples, int(c.timing_every), int(c.timing_skip))
 
         self.probe_model = self.probe_optimizer = None
         self.probe_losses: torch.Tensor | None = None
@@ -339,7 +335,6 @@ class CurveNetMethod(Method):
             # either) no longer needs the probe phases
             self._marker.unlink(missing_ok=True)
         ctx.set_lr(self.optimizer, ctx.recipe_lr(epoch))
-        self.timer.samples = self.timing_samples  # a resume replaces the dict (extra_state)
         if epoch < self.freeze_epoch and c.meta_restart_each_epoch:
             self.meta_sampler.load_state_dict({"order": None, "pos": 0})  # the code's per-epoch iter()
         if self.drw:
@@ -352,21 +347,15 @@ class CurveNetMethod(Method):
             return self.probe_step(batch, phase, epoch)
         if epoch >= self.freeze_epoch:  # CurveNet frozen: each sample keeps its last weight
             return {"loss": self.real_step(batch, self.sample_weights[batch.index])}
-        self.timer.begin(self.global_step)
-        self.global_step += 1
-        mark = self.ctx.mark_phase  # a no-op in training; `curvebench perf` times the phases with it
+        mark = self.ctx.mark_phase  # the Table 8 timer in training (timing_every), CUDA events under perf
         mark("virtual")
         params = self.virtual_step(batch)
-        self.timer.lap("virtual")
         mark("meta_forward")
         loss_meta = self.meta_forward(params)
-        self.timer.lap("meta_forward")
         mark("meta_backward")
         self.meta_update(loss_meta)
-        self.timer.lap("meta_backward")
         mark("real")
         loss = self.real_step(batch)
-        self.timer.lap("real")
         return {"loss": loss, "meta_loss": loss_meta.detach()}
 
     def on_epoch_end(self, phase: Phase, epoch: int) -> dict[str, float]:
@@ -392,7 +381,6 @@ class CurveNetMethod(Method):
             out["pseudo_meta_clean_fraction"] = float((~clean.noisy[self.pseudo_meta_index]).float().mean())
         if "coverage" in self._store:
             out["probe_coverage"] = self._store["coverage"]
-        out.update(self.timer.medians())
         return out
 
     def artifacts(self) -> dict[str, np.ndarray]:

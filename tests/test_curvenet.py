@@ -461,21 +461,51 @@ def test_drw_switches_to_class_balanced_weights_of_observed_counts(workdirs, tmp
 
 # -- timing -------------------------------------------------------------------------------------
 def test_phase_timer_samples_every_nth_step():
-    samples: dict[str, list[float]] = {}
-    timer = PhaseTimer(torch.device("cpu"), samples, every=2, skip=1)
+    timer = PhaseTimer(torch.device("cpu"), every=2, skip=1)
     timed = []
     for step in range(6):
-        timed.append(timer.begin(step))
+        before = timer.timed
         for phase in ("virtual", "meta_forward", "meta_backward", "real"):
-            timer.lap(phase)
+            timer(phase)
+        timer.end_step()
+        timer.end_step()  # a step that marks nothing (CurveNet frozen, a probe step) is not counted
+        timed.append(timer.timed > before)
     assert timed == [False, True, False, True, False, True]
+    samples = timer.samples
     assert all(len(v) == 3 for v in samples.values()) and set(samples) == {"virtual", "meta_forward",
                                                                             "meta_backward", "real"}
     med = timer.medians()
     assert med["time_samples"] == 3.0
     assert med["time_meta_ms"] == pytest.approx(med["time_virtual_ms"] + med["time_meta_forward_ms"]
                                                 + med["time_meta_backward_ms"])
-    assert PhaseTimer(torch.device("cpu"), {}, every=0).begin(100) is False
+    assert list(med)[:4] == ["time_virtual_ms", "time_meta_forward_ms", "time_meta_backward_ms", "time_real_ms"]
+    restored = PhaseTimer(torch.device("cpu"), every=2, skip=1)
+    restored.load_state_dict(timer.state_dict())
+    assert restored.medians() == med and restored.steps == 6
+    off = PhaseTimer(torch.device("cpu"), every=0)
+    for _ in range(100):
+        off("virtual")
+        off.end_step()
+    assert off.timed == 0 and off.medians() == {}
+
+
+def test_the_engine_times_the_phases_any_method_marks(workdirs, tmp_path):
+    """The engine's timer is behind ctx.mark_phase in every run; a method without timing_every
+    (MW-Net) is not timed in training, and is once sampling is on."""
+    from baselines.mwnet import MetaWeightNetNoise
+
+    (plan,) = plan_suite("digits", ["method=mwnet_noise", *CELL, "recipe.epochs=2", "train.limit_batches=12"])
+    ctx, clean, _, generators, _ = build_context(plan)
+    trainer = Trainer(ctx, MetaWeightNetNoise(ctx, plan.cfg.method), clean, generators=generators, checkpoint=False)
+    assert ctx.phase_marker is trainer.phase_timer and trainer.phase_timer.every == 0
+    trainer.phase_timer.every = 20  # the default sampling of CurveNet's timing_every / timing_skip
+    history = trainer.run().history
+    steps = sum(h["steps"] for h in history)
+    assert trainer.phase_timer.steps == steps and 11 <= steps <= 30  # every step marked; step 10 timed only
+    diag = history[-1]["diagnostics"]
+    assert {"time_meta_loss_ms", "time_meta_backward_ms", "time_real_ms", "time_meta_ms"} <= set(diag)
+    assert diag["time_samples"] == 1.0
+    assert diag["time_meta_ms"] == pytest.approx(diag["time_meta_loss_ms"] + diag["time_meta_backward_ms"])
 
 
 # -- suites -------------------------------------------------------------------------------------

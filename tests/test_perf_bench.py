@@ -50,22 +50,23 @@ def test_reference_style_mwnet_step_equals_the_functional_one():
 
 def test_perf_quick_prints_the_tables_and_writes_json(tmp_path, capsys):
     out = tmp_path / "perf.json"
-    assert cli("perf", "--quick", "--models", "resnet8", "--methods", "ce", "--sl", "0", "3", "--batch-size", "4",
+    assert cli("perf", "--quick", "--models", "resnet8", "--methods", "ce", "curvenet", "--sl", "0", "3", "--batch-size", "4",
                "--rounds", "1", "--train-size", "64", "--json", str(out)) == 0
     text = capsys.readouterr().out
-    for needle in ("ce", "meta SL0", "meta SL3", "mwnet functional (ours)", "mwnet reference (deepcopy)",
+    for needle in ("ce", "curvenet SL0", "curvenet SL3", "mwnet functional (ours)", "mwnet reference (deepcopy)",
                    "meta_backward ms", "host syncs", "ATen ops", "load avg", "torch"):
         assert needle in text, needle
     data = json.loads(out.read_text())
     (rep,) = data["steps"]
     cases = rep["cases"]
     assert cases["ce"]["host_syncs_per_step"] == 0 and cases["ce"]["images_per_second"] > 0
-    ops = {k: cases[k]["aten_ops_per_step"] for k in ("meta SL0", "meta SL3", "ce")}
-    assert ops["meta SL0"] > ops["meta SL3"] > ops["ce"] > 0
-    assert cases["meta SL0"]["gflop_per_image"] > cases["meta SL3"]["gflop_per_image"] > cases["ce"]["gflop_per_image"]
-    assert {"virtual", "meta_forward", "meta_backward", "real"} <= set(cases["meta SL0"]["phase_seconds_median"])
+    ops = {k: cases[k]["aten_ops_per_step"] for k in ("curvenet SL0", "curvenet SL3", "ce")}
+    assert ops["curvenet SL0"] > ops["curvenet SL3"] > ops["ce"] > 0
+    assert (cases["curvenet SL0"]["gflop_per_image"] > cases["curvenet SL3"]["gflop_per_image"]
+            > cases["ce"]["gflop_per_image"])
+    assert {"virtual", "meta_forward", "meta_backward", "real"} <= set(cases["curvenet SL0"]["phase_seconds_median"])
     names = {c["name"] for c in rep["checks"]}
-    assert {"FLOPs meta SL0 / ce", "FLOPs meta SL3 / ce", "time meta_backward SL0 / SL3",
+    assert {"FLOPs curvenet SL0 / ce", "FLOPs curvenet SL3 / ce", "time meta_backward SL0 / SL3",
             "time mwnet reference / functional"} <= names
     assert all(c["ok"] is None for c in rep["checks"])  # the targets are for ResNet-32: information here
     assert "loadavg" in data["environment"] and data["environment"]["torch"] == torch.__version__
@@ -154,26 +155,37 @@ def test_concurrent_workers_report_their_throughput():
     assert len(r["workers"]) == 2 and r["aggregate_images_per_second"] > 0
 
 
-def test_a_registered_method_that_marks_its_phases_is_timed_per_phase_at_every_sl(tiny_data, tmp_path, monkeypatch):
-    """How CurveNet will be timed once registered: it calls ctx.mark_phase(...) in train_step, and its
-    SLMO knob (found in its config, or given with --sl-key) is swept."""
+def test_the_registered_curvenet_is_timed_per_phase_at_every_slmo_level(tiny_data, tmp_path):
+    """CurveNet marks its phases through ctx.mark_phase in train_step, and the methods whose config
+    declares ``slmo`` (only those) are swept over the SL levels."""
     from curvebench.perf.bench import method_cases
     from curvebench.perf.report import _meta_cases, phase_table
 
-    original = CrossEntropy.train_step
-
-    def marked(self, batch, phase, epoch):
-        self.ctx.mark_phase("virtual")
-        self.model(batch.x).sum().backward()
-        self.ctx.mark_phase("real")
-        return original(self, batch, phase, epoch)
-
-    monkeypatch.setattr(CrossEntropy, "train_step", marked)
-    cases = method_cases(["ce"], "resnet8", tiny_data, torch.device("cpu"), tmp_path, batch_size=4, at_epoch=0,
-                         overrides=[], sls=[0, 3], sl_keys={"ce": "recipe.warmup_epochs"})
-    assert [c.name for c in cases] == ["ce SL0", "ce SL3"]
+    cases = method_cases(["ce", "curvenet"], "resnet8", tiny_data, torch.device("cpu"), tmp_path, batch_size=4,
+                         at_epoch=0, overrides=[], sls=[0, 3])
+    assert [c.name for c in cases] == ["ce", "curvenet SL0", "curvenet SL3"]
     rep = run_cases(cases, "resnet8", torch.device("cpu"), rounds=1, steps=1, warmup=0, log=lambda s: None)
-    assert {"virtual", "real"} <= set(rep.timing.cases["ce SL3"].phase_names())
-    assert rep.results["ce SL0"].flops["real"] > 0 and rep.results["ce SL0"].flops["virtual"] > 0
-    assert _meta_cases(rep) == {0: "ce SL0", 3: "ce SL3"}
-    assert "ce SL3" in phase_table(rep)
+    assert [c.method.cfg.slmo for c in cases[1:]] == [0, 3]  # the level reached the method
+    assert {"virtual", "real"} <= set(rep.timing.cases["curvenet SL3"].phase_names())
+    assert rep.results["curvenet SL0"].flops["real"] > 0 and rep.results["curvenet SL0"].flops["virtual"] > 0
+    assert _meta_cases(rep) == {0: "curvenet SL0", 3: "curvenet SL3"}
+    assert "curvenet SL3" in phase_table(rep)
+
+
+@pytest.mark.parametrize("method, phases", [
+    ("curvenet", ["virtual", "meta_forward", "meta_backward", "real"]),
+    ("mwnet_noise", ["meta_loss", "meta_backward", "real"]),
+    ("mwnet_imb", ["meta_loss", "meta_backward", "real"]),
+    ("dynamic_loss", ["meta_loss", "meta_backward", "real"]),
+])
+def test_each_meta_method_marks_each_phase_once_per_step(method, phases, tiny_data, tmp_path):
+    """One phase-marking mechanism: every meta method marks each of its phases exactly once per step
+    (Dynamic Loss from its first meta epoch on)."""
+    at_epoch = 5 if method == "dynamic_loss" else 0  # after its warm-up epochs
+    data = synthetic_data(torch.device("cpu"), n_train=512, n_meta=40, n_test=20) if at_epoch else tiny_data
+    case = MethodCase(method, "resnet8", data, torch.device("cpu"), tmp_path, batch_size=4, at_epoch=at_epoch)
+    case.build()
+    for _ in range(2):
+        marks: list[str] = []
+        case.run_step(marks.append)
+        assert marks == phases

@@ -8,7 +8,8 @@ import pytest
 from curvebench.perf.flops import model_step_flops
 
 # torch.utils.flop_counter counts, FLOPs per image (batch-independent), pinned exactly.
-# "virtual"/"real" include CurveNet's weighting net (157,312 FLOPs per image).
+# The registered CE and CurveNet steps; "virtual"/"real" include CurveNet's weighting net (157,312
+# FLOPs per image).
 RESNET32 = {
     "plain": {"step": 412_290_816},
     "SL0": {"virtual": 412_448_128, "meta_forward": 137_725_184, "meta_backward": 827_603_712, "real": 412_448_128},
@@ -69,7 +70,7 @@ def test_meta_step_cost_falls_with_the_slmo_level_and_meets_the_targets(resnet32
 
 
 def test_wrn16_8_step_flops():
-    counts = model_step_flops("wrn16_8", sls=(0, 3), batch=1, device="meta")  # shapes only: fast
+    counts = model_step_flops("wrn16_8", sls=(0, 3), batch=1)  # one image: a few seconds
     assert _per_image(counts) == WRN16_8
     for key, gflop in RESEARCH_WRN.items():
         assert sum(counts[key].values()) == pytest.approx(gflop, rel=0.01), key

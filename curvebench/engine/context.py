@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from curvebench.engine.data import ImageSet, MetaSampler
 from curvebench.engine.fastpath import prepare_model
+from curvebench.engine.phase_timer import NoPhaseMarker, PhaseMarker
 from curvebench.engine.schedules import recipe_lr, set_lr
 from curvebench.models import build_model
 
@@ -43,14 +44,15 @@ class TrainContext:
     split_spec: dict[str, Any]
     seed: int
     extra: dict[str, Any] = field(default_factory=dict)
-    phase_marker: Callable[[str], None] | None = None  # set by `curvebench perf` only
+    # installed by the engine (the Table 8 timer) and by `curvebench perf` (CUDA events, FLOPs)
+    phase_marker: PhaseMarker = field(default_factory=NoPhaseMarker)
 
     def mark_phase(self, name: str) -> None:
         """Mark the start of a phase of the current training step, e.g. ``"virtual"``,
-        ``"meta_forward"``, ``"meta_backward"``, ``"real"``. A no-op in training runs (no host
-        sync); ``curvebench perf`` times each phase separately (CUDA events on a GPU)."""
-        if self.phase_marker is not None:
-            self.phase_marker(name)
+        ``"meta_forward"``, ``"meta_backward"``, ``"real"`` (``engine/phase_timer.py``). In training
+        only a sample of steps is timed (host syncs on those only); ``curvebench perf`` times every
+        phase of every step (CUDA events on a GPU)."""
+        self.phase_marker(name)
 
     @property
     def recipe(self) -> DictConfig:

@@ -20,6 +20,7 @@ from curvebench.engine.context import CleanLabels, TrainContext
 from curvebench.engine.evaluate import accuracy, confusion_matrix
 from curvebench.engine.fastpath import train_autocast
 from curvebench.engine.method import Method, Phase
+from curvebench.engine.phase_timer import PhaseTimer
 from curvebench.engine.rundir import RunDir
 
 
@@ -56,6 +57,9 @@ class Trainer:
         self.checkpoint = checkpoint
         self.interrupt_after = interrupt_after
         self.ckpt_path = RunDir(ctx.run_dir).checkpoint
+        # the Table 8 timer behind ctx.mark_phase: its medians join the diagnostics (time_<phase>_ms)
+        self.phase_timer = PhaseTimer.for_method(ctx.device, ctx.cfg.method)
+        ctx.phase_marker = self.phase_timer
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> TrainOutcome:
@@ -77,6 +81,8 @@ class Trainer:
             if ctx.meta is not None and state.get("meta_sampler") is not None:
                 ctx.meta.load_state_dict(state["meta_sampler"])
             set_rng_state(state["rng"], self.generators)
+            if state.get("phase_timer") is not None:
+                self.phase_timer.load_state_dict(state["phase_timer"])
             history, conf_last, conf_best = state["history"], state["conf_last"], state["conf_best"]
             start_phase, start_epoch, resumed = names.index(state["phase"]), state["epoch"] + 1, True
 
@@ -102,7 +108,7 @@ class Trainer:
                         conf_last = conf
                         if entry["top1"] > best_so_far:
                             conf_best = conf
-                diag = method.diagnostics(phase, epoch, self.clean)
+                diag = {**method.diagnostics(phase, epoch, self.clean), **self.phase_timer.medians()}
                 if diag:
                     entry["diagnostics"] = diag
                 history.append(entry)
@@ -112,7 +118,8 @@ class Trainer:
                     save_checkpoint(self.ckpt_path, {
                         "phase": phase.name, "epoch": epoch, "method": method.state_dict(),
                         "meta_sampler": ctx.meta.state_dict() if ctx.meta is not None else None,
-                        "rng": rng_state(self.generators), "history": history,
+                        "rng": rng_state(self.generators), "phase_timer": self.phase_timer.state_dict(),
+                        "history": history,
                         "conf_last": conf_last, "conf_best": conf_best,
                     })
                 done_epochs += 1
@@ -142,6 +149,7 @@ class Trainer:
                           disable=not self.progress, position=2):
             with autocast:  # train.bf16 (a no-op context by default)
                 out = method.train_step(batch, phase, epoch)
+            self.phase_timer.end_step()
             loss = out["loss"]
             loss_sum += loss
             bad |= ~torch.isfinite(loss)

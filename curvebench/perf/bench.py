@@ -1,5 +1,6 @@
-"""Step benchmarks: every registered method's real ``train_step``, the generic meta step at SLMO
-levels 0-3 phase by phase, and MW-Net's step done functionally vs reference-style (deep copy).
+"""Step benchmarks: every registered method's real ``train_step`` (a method whose config declares
+``slmo``, CurveNet, at every SLMO level), its phases as the method marks them (``ctx.mark_phase``),
+and MW-Net's step done functionally vs reference-style (deep copy).
 
 Each benchmark case is built on a synthetic ``TrainContext`` (``synthetic.py``); a case that cannot
 be built on synthetic data is skipped with its reason. For each case we record FLOPs per image
@@ -21,14 +22,14 @@ from curvebench.engine.context import TrainContext
 from curvebench.engine.data import Batch
 from curvebench.engine.fastpath import train_autocast
 from curvebench.engine.method import METHODS, Method
+from curvebench.engine.phase_timer import CallbackMarker, NoPhaseMarker
 from curvebench.perf.flops import step_flops
-from curvebench.perf.metastep import GenericMetaStep
 from curvebench.perf.reference import FunctionalMWNetStep, ReferenceMWNetStep, VNet
 from curvebench.perf.syncs import HostSyncCounter
 from curvebench.perf.synthetic import SyntheticData, bench_config, synthetic_context
 from curvebench.perf.timing import Marker, TimingResult, interleaved
 
-SL_KEYS = ("sl", "slmo", "fro_stage", "skip_layers")  # a registered method's SLMO knob, if any
+SLMO_KEY = "slmo"  # a method's SLMO level (CurveNet's SL), when its config declares one
 POOL = 4  # distinct batches cycled through by each case
 
 
@@ -43,7 +44,7 @@ class Skip(Exception):
 @dataclass
 class CaseResult:
     name: str
-    group: str  # "method" | "meta" | "mwnet"
+    group: str  # "method" | "mwnet"
     batch_size: int = 0
     kind: str = ""
     flops: dict[str, float] = field(default_factory=dict)  # per phase, whole batch
@@ -141,7 +142,7 @@ class MethodCase(Case):
             raise Skip(f"{type(err).__name__}: {err} ({Path(where.filename).name}:{where.lineno})") from err
 
     def run_step(self, mark: Marker) -> Any:
-        self.ctx.phase_marker = mark
+        self.ctx.phase_marker = CallbackMarker(mark)  # the method's phase marks: timer stamps, FLOP counter
         try:
             with self.autocast:
                 out = self.method.train_step(self.pool.next(), self.phase, self.at_epoch)
@@ -149,32 +150,7 @@ class MethodCase(Case):
             self.loss_sum += loss.detach().float()  # as the engine accumulates it
             return loss
         finally:
-            self.ctx.phase_marker = None
-
-
-class GenericMetaCase(Case):
-    group = "meta"
-    kind = "meta"
-
-    def __init__(self, sl: int, model: str, data: SyntheticData, device: torch.device, workdir: Path, *,
-                 batch_size: int | None, at_epoch: int = 0, overrides: Sequence[str] = ()) -> None:
-        self.sl, self.model_name, self.data, self.device, self.workdir = sl, model, data, device, workdir
-        self.requested_batch, self.at_epoch, self.overrides = batch_size, at_epoch, list(overrides)
-        self.name = f"meta SL{sl}"
-        self.batch_size = batch_size or 0
-
-    def build(self) -> None:
-        cfg = bench_config("ce", self.model_name, batch_size=self.requested_batch, device=str(self.device),
-                           overrides=self.overrides)
-        self.ctx = synthetic_context(cfg, self.data, self.device, self.workdir / f"meta-sl{self.sl}")
-        self.batch_size = int(cfg.recipe.batch_size)
-        self.step = GenericMetaStep(self.ctx, self.sl, self.at_epoch)
-        self.pool = _BatchPool(self.ctx, self.batch_size)
-        self.autocast = train_autocast(cfg.train, self.device)
-
-    def run_step(self, mark: Marker) -> Any:
-        with self.autocast:
-            return self.step(self.pool.next(), mark)
+            self.ctx.phase_marker = NoPhaseMarker()
 
 
 class MWNetCase(Case):
@@ -212,27 +188,21 @@ class MWNetCase(Case):
 
 
 # ------------------------------------------------------------------------------------------------
-def sl_key(method: str) -> str | None:
-    """The config key of a registered method's SLMO level, if it has one."""
+def slmo_key(method: str) -> str | None:
+    """``method.slmo`` when the registered method's config declares it, else None."""
     from curvebench.config import compose_config
 
-    try:
-        cfg = compose_config([f"method={method}"])
-    except Exception:
-        return None
-    keys = [k for k in SL_KEYS if k in cfg.method]
-    return f"method.{keys[0]}" if keys else None
+    return f"method.{SLMO_KEY}" if SLMO_KEY in compose_config([f"method={method}"]).method else None
 
 
 def method_cases(methods: Sequence[str], model: str, data: SyntheticData, device: torch.device, workdir: Path, *,
-                 batch_size: int | None, at_epoch: int, overrides: Sequence[str], sls: Sequence[int],
-                 sweep_sl: bool = True, sl_keys: dict[str, str] | None = None) -> list[Case]:
-    """One case per method; methods with an SLMO knob (``sl_keys[method]`` or one of ``SL_KEYS``
-    in their config) get one case per level in ``sls``."""
+                 batch_size: int | None, at_epoch: int, overrides: Sequence[str], sls: Sequence[int]) -> list[Case]:
+    """One case per method; a method whose config declares ``slmo`` (CurveNet) gets one case per
+    level in ``sls`` (``"curvenet SL0"``...)."""
     cases: list[Case] = []
     for m in methods:
-        key = (sl_keys or {}).get(m) or (sl_key(m) if sweep_sl else None)
-        if key:  # e.g. CurveNet: one case per SLMO level, phases marked by the method itself
+        key = slmo_key(m)
+        if key:
             for sl in sls:
                 cases.append(MethodCase(m, model, data, device, workdir, batch_size=batch_size, at_epoch=at_epoch,
                                         overrides=[*overrides, f"{key}={sl}"], label=f"{m} SL{sl}"))
@@ -293,12 +263,10 @@ def run_cases(cases: Sequence[Case], model: str, device: torch.device, *, rounds
 
 def build_cases(model: str, data: SyntheticData, device: torch.device, workdir: Path, *, methods: Sequence[str],
                 batch_size: int | None, at_epoch: int, overrides: Sequence[str], sls: Sequence[int],
-                generic: bool = True, reference: bool = True, sl_keys: dict[str, str] | None = None) -> list[Case]:
+                reference: bool = True) -> list[Case]:
     cases = method_cases(methods, model, data, device, workdir, batch_size=batch_size, at_epoch=at_epoch,
-                         overrides=overrides, sls=sls, sl_keys=sl_keys)
+                         overrides=overrides, sls=sls)
     kw: dict[str, Any] = dict(batch_size=batch_size, at_epoch=at_epoch, overrides=overrides)
-    if generic:
-        cases += [GenericMetaCase(sl, model, data, device, workdir, **kw) for sl in sls]
     if reference:
         cases += [MWNetCase(ref, model, data, device, workdir, **kw) for ref in (False, True)]
     return cases
@@ -310,5 +278,5 @@ def scratch_dir() -> Any:
         yield Path(d)
 
 
-__all__ = ["Case", "CaseResult", "GenericMetaCase", "MWNetCase", "MethodCase", "ModelReport", "Skip",
+__all__ = ["Case", "CaseResult", "MWNetCase", "MethodCase", "ModelReport", "Skip",
            "build_cases", "run_cases", "scratch_dir"]

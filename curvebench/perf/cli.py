@@ -1,5 +1,5 @@
-"""``curvebench perf``: time every registered method's training step, the meta step phase by phase
-(SLMO 0-3) and MW-Net functional vs reference-style, with FLOPs and host-sync counts, on synthetic
+"""``curvebench perf``: time every registered method's training step, phase by phase as the method
+marks them (CurveNet at every SLMO level, ``--sl``) and MW-Net functional vs reference-style, with FLOPs and host-sync counts, on synthetic
 CIFAR-shaped data; or extrapolate full runs from a few epochs (``--epochs``); or measure the
 aggregate throughput of N concurrent runs (``--concurrent``). See PERFORMANCE.md.
 
@@ -7,6 +7,7 @@ aggregate throughput of N concurrent runs (``--concurrent``). See PERFORMANCE.md
                     [--batch-size 128] [--rounds 10] [--quick] [--json out.json]
     curvebench perf --epochs 1 [--limit-batches 20] [--methods ...] [--device cuda]
     curvebench perf --concurrent 8 [--duration 30] [--methods ce] [--device cuda]
+    curvebench perf --gpu-check --out DIR [--device cuda]   (scripts/gpu-check.sh; perf/gpu_check.py)
 """
 
 from __future__ import annotations
@@ -30,19 +31,16 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--methods", nargs="*", default=None,
-                   help="registered methods to time (default: all; none: only the generic/reference steps)")
+                   help="registered methods to time (default: all; none: only the MW-Net reference steps)")
     p.add_argument("--models", nargs="+", default=None, help="default: resnet32 wrn16_8 (--quick: resnet32)")
     p.add_argument("--batch-size", type=int, default=None, help="training batch (default: the recipe's, 128)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 10)")
     p.add_argument("--steps", type=int, default=None, help="steps per case per round (default 1)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps per case (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1; see PERFORMANCE.md)")
-    p.add_argument("--sl", type=int, nargs="+", default=[0, 1, 2, 3], help="SLMO levels of the meta step")
-    p.add_argument("--sl-key", action="append", default=[], metavar="METHOD=KEY",
-                   help="config key of a method's SLMO level, e.g. curvenet=method.fro_stage (default: found "
-                        "among method.sl/slmo/fro_stage/skip_layers); such a method is timed at every --sl")
+    p.add_argument("--sl", type=int, nargs="+", default=[0, 1, 2, 3],
+                   help="SLMO levels (method.slmo) at which a method that declares one (CurveNet) is timed")
     p.add_argument("--at-epoch", type=int, default=0, help="epoch passed to on_epoch_start/train_step (default 0)")
-    p.add_argument("--no-generic", action="store_true", help="skip the generic meta step (SL sweep)")
     p.add_argument("--no-reference", action="store_true", help="skip MW-Net functional vs reference-style")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every case, e.g. train.channels_last=true (repeatable)")
@@ -61,6 +59,13 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--concurrent", type=int, nargs="+", default=None, metavar="N",
                    help="aggregate img/s of N processes at once on the device (e.g. 1 4 8 16)")
     g.add_argument("--duration", type=float, default=30.0, help="seconds each concurrent worker trains")
+    g = p.add_argument_group("GPU check (scripts/gpu-check.sh)")
+    g.add_argument("--gpu-check", action="store_true",
+                   help="smoke suite, CE epoch, meta/CE ratios, concurrency and extrapolated runs with their targets, "
+                        "as JSON and markdown in --out (at most 8 min on one GPU; --device cpu: a reduced size)")
+    g.add_argument("--out", type=Path, default=None, help="folder for gpu-check.json and gpu-check.md")
+    g.add_argument("--gpu-check-sections", nargs="+", default=None, metavar="SECTION",
+                   help="only these sections: smoke ce_epoch meta_ce concurrent extrapolated (default: all)")
     return p
 
 
@@ -79,16 +84,6 @@ def _methods(requested: Sequence[str] | None) -> list[str]:
     return list(requested)
 
 
-def _sl_keys(items: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        method, sep, key = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--sl-key {item!r}: expected METHOD=KEY, e.g. curvenet=method.fro_stage")
-        out[method] = key
-    return out
-
-
 def _device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
@@ -97,9 +92,10 @@ def _device(name: str) -> torch.device:
 
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(list(argv))
+    if args.gpu_check and args.out is None:
+        raise ConfigError("--gpu-check writes its figures to a folder: add --out DIR")
     device = _device(args.device)
     _methods(args.methods)  # unknown names fail before any work
-    _sl_keys(args.sl_key)
     torch.set_num_threads(args.threads)
     def log(line: str) -> None:  # progress on stderr, tables on stdout
         if not args.no_progress:
@@ -113,6 +109,14 @@ def main(argv: Sequence[str]) -> int:
           f"({env['cpu_count']} CPUs, {args.threads} thread(s))  load avg {env['loadavg'][0]:.2f} "
           f"{env['loadavg'][1]:.2f} {env['loadavg'][2]:.2f}")
     out: dict[str, Any] = {"environment": env}
+    if args.gpu_check:
+        from curvebench.perf.gpu_check import SECTIONS, run
+
+        sections = args.gpu_check_sections or SECTIONS
+        unknown = sorted(set(sections) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"--gpu-check-sections: unknown {unknown}; choose among {' '.join(SECTIONS)}")
+        return run(device, args.out, env, log, sections)
     if args.concurrent:
         out["concurrent"] = _concurrent(args, device, log)
     elif args.epochs:
@@ -145,8 +149,7 @@ def _steps(args: argparse.Namespace, device: torch.device, log: Any) -> list[dic
         for model in models:
             log(f"{model}: building and checking cases")
             cases = build_cases(model, data, device, wd, methods=methods, batch_size=batch, at_epoch=args.at_epoch,
-                                overrides=args.override, sls=args.sl, generic=not args.no_generic,
-                                reference=not args.no_reference, sl_keys=_sl_keys(args.sl_key))
+                                overrides=args.override, sls=args.sl, reference=not args.no_reference)
             rep = run_cases(cases, model, device, rounds=rounds, steps=steps, warmup=warmup, log=log)
             print()
             print(format_report(rep, device), flush=True)

@@ -58,27 +58,33 @@ def step_flops(fn: Callable[[Marker], object], first: str = "step") -> dict[str,
 
 
 def model_step_flops(model_name: str, *, sls: tuple[int, ...] = (0, 1, 2, 3), batch: int = 2,
-                     num_classes: int = 10, device: str = "meta") -> dict[str, dict[str, float]]:
-    """GFLOP per image of the plain CE step (``"plain"``) and of the generic meta step at each SLMO
-    level (``"SL0"``...), per phase, for a CIFAR-shaped batch. On the ``meta`` device nothing is
-    computed (shapes only), so even WRN-16-8 takes a second."""
+                     num_classes: int = 10, device: str = "cpu") -> dict[str, dict[str, float]]:
+    """GFLOP per image of the registered CE step (``"plain"``) and of the registered CurveNet meta
+    step at each SLMO level (``"SL0"``...), per phase as CurveNet marks them, on a CIFAR-shaped batch
+    of synthetic data (the step after a first one, so that momentum buffers exist, as in training)."""
+    import tempfile
+    from pathlib import Path
+
     import torch
 
-    from curvebench.models import build_model
-    from curvebench.perf.metastep import MetaStep, plain_step, weight_net_and_optimizer
+    from curvebench.methods import load_all_methods
+    from curvebench.perf.bench import MethodCase
+    from curvebench.perf.synthetic import synthetic_data
 
+    load_all_methods()
     dev = torch.device(device)
-    torch.manual_seed(0)
-    model = build_model(model_name, num_classes).to(dev)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    x = torch.randn(batch, 3, 32, 32, device=dev)
-    y = torch.arange(batch, device=dev) % num_classes
-    curves = torch.randn(batch, 294, device=dev)
-    plain_step(model, opt, x, y)  # momentum buffers exist from here on, as in training
-    out = {"plain": {"step": step_flops(lambda mark: plain_step(model, opt, x, y))["step"] / batch / 1e9}}
-    for sl in sls:
-        wnet, wopt = weight_net_and_optimizer(num_classes, dev)
-        step = MetaStep(model, opt, sl, wnet, wopt)
-        phases = step_flops(lambda mark: step(x, y, curves, x, y, mark))
-        out[f"SL{sl}"] = {k: v / batch / 1e9 for k, v in phases.items()}
+    data = synthetic_data(dev, num_classes=num_classes, n_train=4 * batch, n_meta=max(batch, num_classes),
+                          n_test=num_classes)
+    out: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="curvebench-flops-") as tmp:
+        cases = {"plain": MethodCase("ce", model_name, data, dev, Path(tmp), batch_size=batch)}
+        for sl in sls:
+            cases[f"SL{sl}"] = MethodCase("curvenet", model_name, data, dev, Path(tmp), batch_size=batch,
+                                          overrides=[f"method.slmo={sl}", f"method.meta_batch_size={batch}"],
+                                          label=f"curvenet SL{sl}")
+        for key, case in cases.items():
+            torch.manual_seed(0)
+            case.build()
+            case.run_step(lambda name: None)  # momentum buffers exist from here on, as in training
+            out[key] = {k: v / batch / 1e9 for k, v in step_flops(case.run_step).items()}
     return out

@@ -11,10 +11,11 @@ from typing import Any, Sequence
 import torch
 from tabulate import tabulate
 
+from curvebench.engine.phase_timer import PHASES as CURVENET_PHASES
 from curvebench.perf.bench import ModelReport
-from curvebench.perf.metastep import META_PHASES
 
-PHASES = ("meta_batch", *META_PHASES)
+META_PHASES = ("meta_loss", *CURVENET_PHASES)  # as the methods mark them (engine/phase_timer.py)
+PHASES = ("meta_batch", *META_PHASES)  # meta_batch: the MW-Net reference steps
 
 
 def environment(device: torch.device, threads: int | None) -> dict[str, Any]:
@@ -39,15 +40,13 @@ def _f(x: float | None, digits: int = 3) -> str:
 
 
 def _meta_cases(rep: ModelReport) -> dict[int, str]:
-    """SL -> case name for the meta step at each SLMO level: a registered method's if it has an
-    SL sweep (e.g. ``curvenet SL0``), else the generic step (``meta SL0``)."""
+    """SL -> case name of the meta step at each SLMO level: the first method with an SL sweep
+    (``curvenet SL0``...)."""
     out: dict[int, str] = {}
     for name, r in rep.results.items():
         if r.skipped or " SL" not in name:
             continue
-        sl = int(name.rsplit("SL", 1)[1])
-        if sl not in out or not name.startswith("meta "):
-            out[sl] = name
+        out.setdefault(int(name.rsplit("SL", 1)[1]), name)
     return out
 
 
