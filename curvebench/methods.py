@@ -31,15 +31,14 @@ _plugin_methods: dict[str, str] = {}  # method name -> the distribution that pro
 
 def load_all_methods() -> None:
     """Register the built-in methods, then every ``curvebench.methods`` entry point's."""
-    global _loaded
+    global _loaded, _plugin_methods
     if not _loaded:
         from curvebench.engine.method import METHODS
         from curvebench.plugins import METHOD_GROUP, load_registering
 
         for module in METHOD_MODULES:
             importlib.import_module(module)
-        _plugin_methods.clear()
-        _plugin_methods.update(load_registering(METHOD_GROUP, METHODS))
+        _plugin_methods = load_registering(METHOD_GROUP, METHODS)
         _loaded = True
 
 
