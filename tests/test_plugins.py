@@ -116,9 +116,12 @@ def test_example_dataset_is_deterministic_and_trains(workdirs, tmp_path):
 def fake_dist(tmp_path, monkeypatch):
     """Write a distribution (metadata, entry points, files) into tmp_path and put it on sys.path;
     plugin discovery starts from scratch and the registries are restored afterwards."""
+    methods.load_all_methods()  # the built-in modules register now, into the registry that is kept
+    datasets.load_dataset_plugins()
     monkeypatch.setattr(METHODS, "_items", dict(METHODS._items))
     monkeypatch.setattr(DATASETS, "_items", dict(DATASETS._items))
     monkeypatch.setattr(methods, "_loaded", False)
+    monkeypatch.setattr(methods, "_plugin_methods", methods._plugin_methods)  # rebound by loading: restored
     monkeypatch.setattr(datasets, "_plugins_loaded", False)
     monkeypatch.syspath_prepend(str(tmp_path))
 
