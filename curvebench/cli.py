@@ -370,12 +370,15 @@ def list_command(argv: list[str]) -> int:
     args = p.parse_args(argv)
     from tabulate import tabulate
 
+    from curvebench.data import DATASETS, load_dataset_plugins
     from curvebench.engine.method import METHODS
     from curvebench.methods import load_all_methods
     from curvebench.models import MODELS
+    from curvebench.plugins import installed_plugins
     from curvebench.suites import available_suites, load_suite
 
     load_all_methods()
+    load_dataset_plugins()
     if args.suite is not None:
         return _describe_suite(args.suite)
     rows = []
@@ -386,6 +389,9 @@ def list_command(argv: list[str]) -> int:
     print()
     print("methods:", " ".join(METHODS.names()))
     print("models: ", " ".join(MODELS.names()))
+    print("datasets:", " ".join(DATASETS.names()))
+    for dist, provides in installed_plugins().items():
+        print(f"plugin {dist}: " + "; ".join(f"{kind} {' '.join(names)}" for kind, names in provides.items()))
     print("\n`curvebench list SUITE`: its grid; `curvebench SUITE --dry-run`: its runs and their state; "
           "`curvebench status SUITE`: progress per cell")
     return 0

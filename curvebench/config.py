@@ -6,7 +6,10 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from hydra import compose, initialize_config_dir
+from hydra import compose, version
+from hydra._internal.hydra import Hydra
+from hydra._internal.utils import create_config_search_path
+from hydra.core.config_search_path import ConfigSearchPath, SearchPathQuery
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
@@ -18,8 +21,38 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 GROUPS = ("dataset", "model", "method", "recipe", "experiment")
 
 
-def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+def conf_dirs(builtin_only: bool = False) -> list[Path]:
+    """The config directories in Hydra's search order: curvebench/conf, then each plugin's."""
+    from curvebench.plugins import plugin_conf_dirs
+
+    return [CONF_DIR] + ([] if builtin_only else [d for _, d in plugin_conf_dirs()])
+
+
+def config_search_path() -> ConfigSearchPath:
+    """Hydra's search path for every compose and launch: curvebench/conf, then the plugins' directories."""
+    from curvebench.plugins import plugin_conf_dirs
+
+    search_path = create_config_search_path(f"file://{CONF_DIR}")
+    after = SearchPathQuery(provider="main")  # Hydra requires its structured-config source to stay last
+    for dist, conf in plugin_conf_dirs():
+        search_path.append(f"curvebench-plugin:{dist}", f"file://{conf}", anchor=after)
+        after = SearchPathQuery(path=f"file://{conf}")
+    return search_path
+
+
+def group_options(group: str, builtin_only: bool = False) -> list[str]:
+    """The option names of a config group (e.g. ``method``), the plugins' included unless ``builtin_only``."""
+    return sorted({p.stem for d in conf_dirs(builtin_only) for p in (d / group).glob("*.yaml")})
+
+
+def config_file(group: str, name: str) -> str:
+    """Where ``group=name`` is read from, for messages: curvebench/conf/..., a plugin's absolute path,
+    or where to add it."""
+    for d in conf_dirs():
+        path = d / group / f"{name}.yaml"
+        if path.is_file():
+            return f"curvebench/conf/{group}/{name}.yaml" if d == CONF_DIR else str(path)
+    return f"curvebench/conf/{group}/{name}.yaml"
 
 
 def _friendly(err: Exception, overrides: Sequence[str]) -> ConfigError:
@@ -30,7 +63,8 @@ def _friendly(err: Exception, overrides: Sequence[str]) -> ConfigError:
         kind = "suite" if group == "experiment" else group
         if group == "method" and _registered_method(name):
             return ConfigError(f"method {name!r} is registered but has no config: add "
-                               f"curvebench/conf/method/{name}.yaml (see README, Adding a method)")
+                               f"curvebench/conf/method/{name}.yaml, or for a plugin method method/{name}.yaml "
+                               "in its curvebench.conf package (see README, Adding a method)")
         return ConfigError(f"unknown {kind} {name!r}; available: {', '.join(group_options(group))}")
     m = re.search(r"Key '([^']+)' is not in struct", text) or re.search(r"Could not override '([^']+)'", text)
     if m:  # name only the override that holds the key, and a command that prints every key
@@ -52,10 +86,12 @@ def _registered_method(name: str) -> bool:
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     """The run config for ``overrides`` (Hydra override syntax), validated."""
+    search_path = config_search_path()
     GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="curvebench"):
-            cfg = compose("config", overrides=list(overrides))
+    try:  # what hydra.initialize_config_dir does, with the plugins' directories on the search path
+        version.setbase("1.3")
+        Hydra.create_main_hydra2(task_name="curvebench", config_search_path=search_path)
+        cfg = compose("config", overrides=list(overrides))
     except (MissingConfigException, ConfigCompositionException, OverrideParseException, HydraException,
             OmegaConfBaseException) as err:
         raise _friendly(err, overrides) from None
@@ -116,8 +152,8 @@ def validate_config(cfg: DictConfig) -> None:
     _require(_is_int(t.eval_batch_size) and t.eval_batch_size >= 1,
              f"train.eval_batch_size must be a positive integer, got {t.eval_batch_size!r}")
     _require(cfg.method.name in METHODS or cfg.method.name not in group_options("method"),
-             f"method {cfg.method.name!r} has curvebench/conf/method/{cfg.method.name}.yaml but no registered class: "
-             "add its module to METHOD_MODULES in curvebench/methods.py")
+             f"method {cfg.method.name!r} has {config_file('method', cfg.method.name)} but no registered class: "
+             "add its module to METHOD_MODULES in curvebench/methods.py (a plugin: a curvebench.methods entry point)")
     _require(cfg.method.name in METHODS, f"unknown method {cfg.method.name!r}; available: {', '.join(METHODS.names())}")
     _require(cfg.model.name in MODELS, f"unknown model {cfg.model.name!r}; available: {', '.join(MODELS.names())}")
     _require(isinstance(cfg.seed, int), f"seed must be an integer, got {cfg.seed!r}")

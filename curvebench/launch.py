@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig
 
-from curvebench.config import CONF_DIR
+from curvebench.config import config_search_path
 from curvebench.errors import ConfigError
 from curvebench.suites import PlannedRun, _fmt, plan_suite, split_override
 
@@ -153,7 +153,6 @@ def launch_suite(suite: str, overrides: Sequence[str], *, retry_failed: bool = F
     """Plan ``suite`` and run it through the Hydra launcher named in ``overrides``; returns outcome counts."""
     from hydra import version
     from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_config_search_path
     from hydra.core.global_hydra import GlobalHydra
 
     from curvebench import slurm
@@ -185,7 +184,7 @@ def launch_suite(suite: str, overrides: Sequence[str], *, retry_failed: bool = F
             ovs.append(f"hydra.job.name=curvebench-{suite}")
         GlobalHydra.instance().clear()
         hydra = Hydra.create_main_hydra2(task_name=f"curvebench-{suite}",
-                                         config_search_path=create_config_search_path(f"file://{CONF_DIR}"))
+                                         config_search_path=config_search_path())
         try:
             with slurm.patched_launcher():
                 batches = hydra.multirun(config_name="config", task_function=run_job_task, overrides=ovs)

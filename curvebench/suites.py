@@ -1,7 +1,9 @@
 """Suites: ``experiment`` presets that carry their grid, expanded into planned runs.
 
 A suite's ``grid`` is a list of blocks; the runs of a block are the product of its value lists, and
-the suite's runs are the union over its blocks. ``method: [all]`` means every registered method.
+the suite's runs are the union over its blocks. ``method: [builtin]`` means every built-in method
+(the list in methods.py: published suites, whose plans an installed plugin must not change);
+``method: [all]`` those and every installed plugin's (curvebench/plugins.py; the smoke suites).
 Command-line overrides of a grid key narrow the grid (``method=ce seed=1``); other overrides apply
 to every run. ``suite.method_overrides`` holds per-method settings (shorter probes in smoke runs).
 """
@@ -18,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from curvebench.config import compose_config, group_options, to_dict, validate_config
+from curvebench.config import compose_config, config_file, group_options, to_dict, validate_config
 from curvebench.engine.method import METHODS
 from curvebench.engine.records import config_hash
 from curvebench.errors import ConfigError
@@ -90,18 +92,29 @@ def load_suite(name: str) -> DictConfig:
     return compose_config([f"experiment={name}"]).suite
 
 
-def all_methods() -> list[str]:
-    """``method: [all]``: every registered method that has its config file; the others are named on stderr."""
+METHOD_SETS = ("all", "builtin")  # the words a grid's method list may be instead of names
+
+
+def all_methods(which: str = "all") -> list[str]:
+    """``method: [all]`` (``which="all"``: built-in and plugin methods) or ``method: [builtin]``: the
+    registered methods that have their config file; the others are named on stderr."""
+    from curvebench.methods import builtin_methods, plugin_methods
+
     load_all_methods()
-    configs = set(group_options("method"))
-    for name in METHODS.names():
+    names = METHODS.names() if which == "all" else builtin_methods()
+    plugins = plugin_methods()
+    configs = set(group_options("method", builtin_only=which == "builtin"))
+    for name in names:
         if name not in configs:
-            print(f"note: method {name!r} is registered but has no curvebench/conf/method/{name}.yaml; left out of "
-                  "`method: [all]` until the file is added", file=sys.stderr)
+            where = (f"method/{name}.yaml in the curvebench.conf package of plugin {plugins[name]!r}"
+                     if name in plugins else f"curvebench/conf/method/{name}.yaml")
+            print(f"note: method {name!r} is registered but has no {where}; left out of `method: [{which}]` until "
+                  "the file is added", file=sys.stderr)
     for name in sorted(configs - set(METHODS.names())):
-        print(f"note: curvebench/conf/method/{name}.yaml has no registered method; left out of `method: [all]` until "
-              "its module is in METHOD_MODULES (curvebench/methods.py)", file=sys.stderr)
-    return [n for n in METHODS.names() if n in configs]
+        print(f"note: {config_file('method', name)} has no registered method; left out of `method: [{which}]` "
+              "until its module is in METHOD_MODULES (curvebench/methods.py) or a plugin's curvebench.methods "
+              "entry points", file=sys.stderr)
+    return [n for n in names if n in configs]
 
 
 def expand_grid(suite: DictConfig, user_overrides: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -109,8 +122,9 @@ def expand_grid(suite: DictConfig, user_overrides: Sequence[str]) -> tuple[list[
     load_all_methods()
     blocks = [dict(OmegaConf.to_container(b, resolve=True)) for b in suite.grid]  # type: ignore[arg-type]
     for block in blocks:
-        if block.get("method") in (["all"], "all"):
-            block["method"] = all_methods()
+        for which in METHOD_SETS:
+            if block.get("method") in ([which], which):
+                block["method"] = all_methods(which)
         for key, values in block.items():
             if not isinstance(values, list):
                 block[key] = [values]

@@ -158,7 +158,7 @@ def test_list_shows_descriptions_and_gpu_needs(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split(None, 2)[1:] for line in out.splitlines() if line.strip()}
-    assert rows["digits"][0] == "no" and rows["digits"][1].startswith("every registered method")
+    assert rows["digits"][0] == "no" and rows["digits"][1].startswith("every built-in method")
     assert rows["cifar10"][0] == "yes" and "CIFAR-10" in rows["cifar10"][1]
     assert main(["list", "digits"]) == 0
     out = capsys.readouterr().out

@@ -216,13 +216,11 @@ def test_fmnist_model_takes_one_channel() -> None:
 
 
 def test_fmnist_suite_grid() -> None:
-    from curvebench.engine.method import METHODS
-    from curvebench.methods import load_all_methods
+    from curvebench.methods import builtin_methods
     from curvebench.suites import plan_suite
 
-    load_all_methods()
     runs = plan_suite("fmnist")
-    assert len(runs) == 7 * len(METHODS.names()) * 3
+    assert len(runs) == 7 * len(builtin_methods()) * 3  # method: [builtin]: an installed plugin adds no run
     cells = {(r.config["split"]["imbalance_factor"], r.config["split"]["noise_model"], r.config["split"]["noise_rate"])
              for r in runs}
     assert cells == {(f, "flip2", p) for f in (1, 10, 50) for p in (0.0, 0.4)} | {(10, "unif_prior", 0.4)}

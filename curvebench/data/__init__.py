@@ -2,7 +2,8 @@
 
 Public API:
 
-- ``load_dataset(dataset_cfg, data_root) -> ImageArrays | ImageFiles``
+- ``load_dataset(dataset_cfg, data_root) -> ImageArrays | ImageFiles``; ``register_dataset(name)``
+  (a decorator) adds a reader
 - ``spec_from_config(cfg) -> SplitSpec``
 - ``make_split(data, spec) -> Split``: pure, writes nothing.
 - ``get_split(data, spec, splits_dir) -> Split``: load the stored split (verifying its sha256)
@@ -14,7 +15,7 @@ See ``split`` (protocol and seeding), ``store`` (file layout), ``noise`` (noise 
 ``lock`` (lock file).
 """
 
-from curvebench.data.datasets import DATASETS, load_dataset
+from curvebench.data.datasets import DATASETS, load_dataset, load_dataset_plugins, register_dataset
 from curvebench.data.lock import LOCK_PATH, build_splits
 from curvebench.data.specs import spec_from_config
 from curvebench.data.split import make_split, validate_spec
@@ -37,8 +38,10 @@ __all__ = [
     "build_splits",
     "get_split",
     "load_dataset",
+    "load_dataset_plugins",
     "load_split",
     "make_split",
+    "register_dataset",
     "spec_from_config",
     "validate_spec",
     "write_synthetic_cifar",

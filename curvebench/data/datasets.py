@@ -1,4 +1,9 @@
-"""The dataset registry and ``load_dataset``."""
+"""The dataset registry and ``load_dataset``.
+
+A reader is ``loader(dataset_cfg: dict, data_root: Path) -> ImageArrays | ImageFiles``, registered
+under the name that ``dataset.name`` selects; plugins register theirs with ``register_dataset`` from
+a module named by a ``curvebench.datasets`` entry point (docs/ARCHITECTURE.md, Datasets).
+"""
 
 from __future__ import annotations
 
@@ -27,12 +32,26 @@ DATASETS.register("fmnist")(load_fmnist)
 DATASETS.register("clothing1m")(load_clothing1m)
 DATASETS.register("food101n")(load_food101n)
 DATASETS.register("animal10n")(load_animal10n)
+register_dataset = DATASETS.register
+
+_plugins_loaded = False
+
+
+def load_dataset_plugins() -> None:
+    """Register the readers of every ``curvebench.datasets`` entry point (once; loud on failure)."""
+    global _plugins_loaded
+    if not _plugins_loaded:
+        from curvebench.plugins import DATASET_GROUP, load_registering
+
+        load_registering(DATASET_GROUP, DATASETS)
+        _plugins_loaded = True
 
 
 def load_dataset(dataset_cfg: Any, data_root: Path) -> ImageArrays | ImageFiles:
     """Load the dataset a config node describes (its ``name`` picks the loader)."""
     cfg = as_dict(dataset_cfg)
     name = str(require(cfg, "name", "the dataset config"))
+    load_dataset_plugins()
     try:
         loader = DATASETS.get(name)
     except UnknownNameError as e:

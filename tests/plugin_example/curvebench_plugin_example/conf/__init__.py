@@ -1,0 +1,1 @@
+"""Config groups Hydra searches after curvebench/conf (the ``curvebench.conf`` entry point)."""
