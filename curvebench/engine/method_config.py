@@ -89,9 +89,11 @@ def method_config(config_class: type[MethodConfig], node: Mapping[str, Any]) -> 
         raise _wrong_type(config_class, key, _lookup(raw, key)) from None
     missing = sorted(OmegaConf.missing_keys(typed))
     if missing:
-        where = f"curvebench/conf/method/{name}.yaml" if name else "the method's YAML"
-        raise ConfigError(f"method.{missing[0]} has no value: add `{missing[0].split('.')[-1]}: <value>` to {where} "
-                          f"(or pass method.{missing[0]}=<value>)")
+        key = missing[0]
+        parent, _, leaf = key.rpartition(".")
+        where = (f"under `{parent}:` " if parent else "") + (f"in curvebench/conf/method/{name}.yaml" if name
+                                                             else "in the method's YAML")
+        raise ConfigError(f"method.{key} has no value: add `{leaf}: <value>` {where} (or pass method.{key}=<value>)")
     converted = _first_converted(raw, OmegaConf.to_container(typed), "")
     if converted is not None:
         raise _wrong_type(config_class, converted, _lookup(raw, converted))
@@ -157,6 +159,7 @@ def _unknown_key(config_class: type, key: str, name: Any) -> ConfigError:
     parent, _, leaf = key.rpartition(".")
     owner = _field_type(config_class, parent) if parent else config_class
     known = ", ".join(f.name for f in dataclasses.fields(owner)) if dataclasses.is_dataclass(owner) else ""
+    remedy = (f"or declare it in {config_class.__name__}" if config_class is not MethodConfig else
+              "or give the method a config_class (docs/ARCHITECTURE.md, Writing a method)")
     return ConfigError(f"unknown config key 'method.{key}': method {name!r} has no setting {leaf!r} "
-                       f"(its settings{' under ' + parent if parent else ''}: {known}); check the spelling, "
-                       f"or declare it in {config_class.__name__}")
+                       f"(its settings{' under ' + parent if parent else ''}: {known}); check the spelling, {remedy}")
