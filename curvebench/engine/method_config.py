@@ -85,7 +85,7 @@ def method_config(config_class: type[MethodConfig], node: Mapping[str, Any]) -> 
     except ConfigKeyError as err:
         raise _unknown_key(config_class, str(err.full_key), name) from None
     except ValidationError as err:
-        key = str(err.full_key)
+        key = str(err.full_key).split("[")[0]  # a list's key, not its item's
         raise _wrong_type(config_class, key, _lookup(raw, key)) from None
     missing = sorted(OmegaConf.missing_keys(typed))
     if missing:
@@ -118,6 +118,9 @@ def _first_converted(raw: Any, typed: Any, prefix: str) -> str | None:
             if found is not None:
                 return found
         return None
+    if isinstance(raw, list) and isinstance(typed, list) and len(raw) == len(typed):
+        converted = any(_first_converted(r, t, "") is not None for r, t in zip(raw, typed))
+        return prefix.rstrip(".") if converted else None
     if type(raw) is not type(typed) or raw != typed:
         return prefix.rstrip(".")
     return None
@@ -142,6 +145,8 @@ def _describe(hint: Any) -> str:
         return f"{_describe(inner)} or null"
     if hint is Number or (typing.get_origin(hint) is Union and set(args) == {int, float}):
         return "a number"
+    if typing.get_origin(hint) is list:
+        return f"a list ({_describe(args[0])} each)" if args else "a list"
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return f"a mapping of {', '.join(f.name for f in dataclasses.fields(hint))}"
     return {bool: "true or false", int: "an integer", str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
