@@ -5,6 +5,7 @@ normalised so that the K class weights sum to K, with n_y the observed count of 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,15 +14,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from curvebench.engine.method import Method, Phase, register_method
+from curvebench.engine.method_config import MISSING, MethodConfig, Number, check_beta, check_nonneg, require
 from curvebench.engine.ops import one_hot
-from curvebench.engine.reweighting import (
-    DEFAULT_BETA,
-    as_device_tensor,
-    check_beta,
-    check_nonneg,
-    class_balanced_weights,
-    mean_weight_by_noise,
-)
+from curvebench.engine.reweighting import DEFAULT_BETA, as_device_tensor, class_balanced_weights, mean_weight_by_noise
 from curvebench.errors import ConfigError
 
 LOSS_TYPES = ("softmax", "sigmoid", "focal")
@@ -54,6 +49,19 @@ def cb_focal_loss(logits: torch.Tensor, target: torch.Tensor, class_weights: tor
     return (class_weights[target][:, None] * modulator * bce).sum() / target.shape[0]
 
 
+@dataclass
+class ClassBalancedConfig(MethodConfig):
+    beta: Number = MISSING  # effective-number beta in [0, 1)
+    loss_type: str = MISSING  # one of LOSS_TYPES
+    gamma: Number = MISSING  # focal only, >= 0
+
+    def __post_init__(self) -> None:
+        check_beta(self.beta, "method.beta")
+        require(self.loss_type in LOSS_TYPES,
+                f"method.loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
+        check_nonneg(self.gamma, "method.gamma")
+
+
 @register_method("cb")
 class ClassBalanced(Method):
     """Class-Balanced loss (docs/methods.md §5): the module's class weights with beta = 0.9999,
@@ -76,14 +84,11 @@ class ClassBalanced(Method):
     TF code's ``softmax_cross_entropy`` with weights).
     """
 
+    config_class = ClassBalancedConfig
+
     @classmethod
     def check_config(cls, cfg) -> None:
-        m = cfg.method
-        check_beta(m.beta, "method.beta")
-        if m.loss_type not in LOSS_TYPES:
-            raise ConfigError(f"method.loss_type must be one of {', '.join(LOSS_TYPES)}, got {m.loss_type!r}")
-        check_nonneg(m.gamma, "method.gamma")
-        if m.loss_type != "softmax" and int(cfg.dataset.num_classes) < 2:
+        if cfg.method.loss_type != "softmax" and int(cfg.dataset.num_classes) < 2:
             raise ConfigError("the sigmoid/focal CB losses need at least 2 classes")
 
     def setup(self) -> None:

@@ -3,15 +3,16 @@ noisy labels", NeurIPS 2018; official code bhanML/Co-teaching; docs/methods.md Â
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from baselines.selection import check_forget_rate, precision_recall, small_loss_positions
+from baselines.selection import check_explicit_forget_rate, check_forget_rate, precision_recall, small_loss_positions
 from curvebench.engine.method import Method, Phase, register_method
-from curvebench.errors import ConfigError
+from curvebench.engine.method_config import MISSING, MethodConfig, Number, require
 
 
 def keep_rate(epoch: int, tau: float, t_k: float) -> float:
@@ -37,6 +38,17 @@ def coteaching_losses(logits1: torch.Tensor, logits2: torch.Tensor, y: torch.Ten
     pick1 = small_loss_positions(ce1, keep)
     pick2 = small_loss_positions(ce2, keep)
     return ce1[pick2].mean(), ce2[pick1].mean(), pick1, pick2
+
+
+@dataclass
+class CoTeachingConfig(MethodConfig):
+    forget_rate: Optional[Number] = MISSING  # tau in [0, 1); null: split.noise_rate
+    num_gradual: Number = MISSING  # T_k in epochs, > 0
+
+    def __post_init__(self) -> None:
+        check_explicit_forget_rate(self.forget_rate, self.name)
+        require(self.num_gradual > 0,
+                f"coteaching: method.num_gradual (T_k, in epochs) must be > 0, got {self.num_gradual!r}")
 
 
 @register_method("coteaching")
@@ -93,12 +105,11 @@ class CoTeaching(Method):
         super().__init__(ctx, cfg)
         self.keep = 1.0
 
+    config_class = CoTeachingConfig
+
     @classmethod
     def check_config(cls, cfg: Any) -> None:
-        check_forget_rate(cfg)
-        ng = cfg.method.num_gradual
-        if isinstance(ng, bool) or not isinstance(ng, (int, float)) or ng <= 0:
-            raise ConfigError(f"coteaching: method.num_gradual (T_k, in epochs) must be > 0, got {ng!r}")
+        check_forget_rate(cfg)  # null: split.noise_rate, which must then lie in [0, 1)
 
     def setup(self) -> None:
         self.tau = check_forget_rate(self.ctx.cfg)

@@ -7,12 +7,13 @@ switches on once q passes 1.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from curvebench.engine.method import Method, Phase, register_method
-from curvebench.errors import ConfigError
+from curvebench.engine.method_config import MISSING, MethodConfig, Number, check_positive, require
 
 EPS = 1e-6  # DAL's probability clamp and log offset
 
@@ -53,6 +54,20 @@ def dal_loss(logits: torch.Tensor, target: torch.Tensor, q: float, lam: float) -
     return gce_loss(logits, target, q) + lam * prediction_entropy(logits) / (q * math.log(k))
 
 
+@dataclass
+class DALConfig(MethodConfig):
+    q_start: Number = MISSING  # q at epoch 0: 0 < q_start < q_end
+    q_end: Number = MISSING  # q at the end: > 1
+
+    def __post_init__(self) -> None:
+        check_positive(self.q_start, "method.q_start")
+        check_positive(self.q_end, "method.q_end")
+        require(self.q_start < self.q_end,
+                f"method.q_start ({self.q_start}) must be below method.q_end ({self.q_end}): q rises")
+        require(self.q_end > 1, "method.q_end must be > 1 so that q passes 1 and the entropy term switches on, "
+                f"got {self.q_end}")
+
+
 @register_method("dal")
 class DAL(Method):
     """DAL (Li et al. 2023; XiuchuanLi/DAL, utils/losses.py and cifar.py; docs/methods.md §13).
@@ -72,18 +87,7 @@ class DAL(Method):
     scales with p_y^q, which is small for tail classes (digits, IF 10: 0 % on the rarest classes).
     """
 
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        m = cfg.method
-        for key in ("q_start", "q_end"):
-            v = m[key]
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-                raise ConfigError(f"method.{key} must be a number > 0, got {v!r}")
-        if not m.q_start < m.q_end:
-            raise ConfigError(f"method.q_start ({m.q_start}) must be below method.q_end ({m.q_end}): q rises")
-        if not m.q_end > 1:
-            raise ConfigError(f"method.q_end must be > 1 so that q passes 1 and the entropy term switches on, "
-                              f"got {m.q_end}")
+    config_class = DALConfig
 
     def setup(self) -> None:
         super().setup()

@@ -74,7 +74,8 @@ fraction of the pseudo-meta set whose observed label is correct.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -84,6 +85,7 @@ import torch.nn.functional as F
 from curvebench.engine.data import Batch, ImageSet, MetaSampler
 from curvebench.engine.fastpath import no_tf32
 from curvebench.engine.method import Method, Phase, register_method
+from curvebench.engine.method_config import MISSING, MethodConfig, Number, check_int_at_least, require
 from curvebench.engine.ops import one_hot
 from curvebench.engine.virtual import FunctionalModel, SGDRule, meta_backward, momentum_buffers
 from curvebench.errors import ConfigError
@@ -208,6 +210,38 @@ def dynamic_meta_loss(fm: FunctionalModel, params: dict[str, torch.Tensor], meta
     return F.cross_entropy(fm(meta_x, new), meta_y), logits.detach()
 
 
+@dataclass
+class DynamicLossConfig(MethodConfig):
+    use_lc: bool = MISSING
+    use_mg: bool = MISSING
+    lc_classwise: bool = MISSING
+    h_dim: int = MISSING  # >= 1
+    rank_num: int = MISSING  # >= 1
+    lc_bias: Number = MISSING
+    mg_bias: Number = MISSING
+    meta_lr: Number = MISSING  # > 0
+    meta_weight_decay: Number = MISSING
+    warm_epochs: Optional[int] = MISSING  # null: recipe.warmup_epochs; checked against the recipe in check_config
+    lc_warmup_iters: int = MISSING
+    first_select_ratio: Number = MISSING  # in (0, 1]
+    second_select_ratio: Number = MISSING  # in (0, 1]
+    finetune: bool = MISSING
+    meta_batch_size: Optional[int] = MISSING  # null: the training batch size
+    union_clean_meta: bool = MISSING  # true needs a clean meta set (check_config)
+    head_init_std: Optional[Number] = MISSING  # null: the backbone's init; else > 0
+
+    def __post_init__(self) -> None:
+        for key in ("first_select_ratio", "second_select_ratio"):
+            value = getattr(self, key)
+            require(0 < value <= 1, f"method.{key} must be in (0, 1] (official: 0.5), got {value}")
+        for key in ("rank_num", "h_dim"):
+            require(getattr(self, key) >= 1, f"method.{key} must be >= 1, got {getattr(self, key)}")
+        require(self.meta_lr > 0, f"method.meta_lr must be positive, got {self.meta_lr}")
+        require(self.head_init_std is None or self.head_init_std > 0, "method.head_init_std must be null (the "
+                f"backbone's init) or > 0 (official: 0.01), got {self.head_init_std}")
+        check_int_at_least(self.meta_batch_size, "method.meta_batch_size", 1, null="= the training batch size")
+
+
 @register_method("dynamic_loss")
 class DynamicLoss(Method):
     """Dynamic Loss: the module docstring and docs/methods.md §12 give the method, its decisions and
@@ -223,31 +257,18 @@ class DynamicLoss(Method):
             raise ConfigError("dynamic_loss with union_clean_meta=true needs a clean meta set, but this split has "
                               "none; set split.meta_per_class to k > 0 or method.union_clean_meta=false")
 
+    config_class = DynamicLossConfig
+
     @classmethod
     def check_config(cls, cfg: Any) -> None:
         m = cfg.method
-        for key in ("first_select_ratio", "second_select_ratio"):
-            if not 0 < float(m[key]) <= 1:
-                raise ConfigError(f"method.{key} must be in (0, 1] (official: 0.5), got {m[key]}")
-        for key in ("rank_num", "h_dim"):
-            if int(m[key]) < 1:
-                raise ConfigError(f"method.{key} must be >= 1, got {m[key]}")
-        if float(m.meta_lr) <= 0:
-            raise ConfigError(f"method.meta_lr must be positive, got {m.meta_lr}")
-        w = m.get("warm_epochs")
+        w = m.warm_epochs
         if w is not None and not 0 <= int(w) <= int(cfg.recipe.epochs):
             raise ConfigError(f"method.warm_epochs must be null (= recipe.warmup_epochs) or in "
                               f"0..recipe.epochs={cfg.recipe.epochs}, got {w}")
-        std = m.get("head_init_std")
-        if std is not None and not float(std) > 0:
-            raise ConfigError(f"method.head_init_std must be null (the backbone's init) or > 0 (official: 0.01), "
-                              f"got {std}")
         if bool(m.union_clean_meta) and int(cfg.split.meta_per_class) == 0:
             raise ConfigError("method.union_clean_meta=true needs a clean meta set; set split.meta_per_class "
                               "to k > 0 or method.union_clean_meta=false")
-        mb = m.get("meta_batch_size")
-        if mb is not None and int(mb) < 1:
-            raise ConfigError(f"method.meta_batch_size must be null (= the training batch size) or >= 1, got {mb}")
 
     # -- setup ----------------------------------------------------------------------------------
     def setup(self) -> None:

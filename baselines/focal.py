@@ -5,11 +5,13 @@ the "Focal" rows of the CurveNet paper (docs/methods.md §4).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from curvebench.engine.method import Method, Phase, register_method
-from curvebench.engine.reweighting import check_nonneg
+from curvebench.engine.method_config import MISSING, MethodConfig, Number, check_nonneg
 
 
 def softmax_focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float,
@@ -24,6 +26,14 @@ def softmax_focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float,
     return ((1.0 - p) ** gamma * ce).mean()
 
 
+@dataclass
+class FocalConfig(MethodConfig):
+    gamma: Number = MISSING  # focusing parameter, >= 0 (0 = CE)
+
+    def __post_init__(self) -> None:
+        check_nonneg(self.gamma, "method.gamma")
+
+
 @register_method("focal")
 class Focal(Method):
     """``softmax_focal_loss`` with ``gamma`` = 1, the LDAM-DRW script's value (docs/methods.md §4).
@@ -36,9 +46,7 @@ class Focal(Method):
     is evaluated at every epoch (last and best both recorded).
     """
 
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        check_nonneg(cfg.method.gamma, "method.gamma")
+    config_class = FocalConfig
 
     def train_step(self, batch, phase: Phase, epoch: int) -> dict[str, torch.Tensor]:
         loss = softmax_focal_loss(self.model(batch.x), batch.y, float(self.cfg.gamma))

@@ -14,7 +14,8 @@ Three steps, all inside one run:
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
@@ -23,11 +24,18 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from curvebench.engine.method import Method, Phase, register_method
+from curvebench.engine.method_config import (
+    MISSING,
+    MethodConfig,
+    Number,
+    check_beta,
+    check_int_at_least,
+    check_nonneg,
+    require,
+)
 from curvebench.engine.reweighting import (
     DEFAULT_BETA,
     as_device_tensor,
-    check_drw_options,
-    check_nonneg,
     drw_class_weights,
     drw_start_epoch,
     mean_weight_by_noise,
@@ -145,6 +153,24 @@ def scaled_recipe(recipe: Mapping[str, Any], epochs: int) -> dict[str, Any]:
     return r
 
 
+@dataclass
+class HARConfig(MethodConfig):
+    reg_weight: Number = MISSING  # lambda, >= 0
+    folds: int = MISSING  # 1 or 2
+    est_epochs: Optional[int] = MISSING  # null: the recipe's epochs
+    drw: bool = MISSING
+    drw_epoch: Optional[int] = MISSING  # null: the recipe's first LR milestone
+    beta: Number = MISSING  # in [0, 1)
+
+    def __post_init__(self) -> None:
+        check_nonneg(self.reg_weight, "method.reg_weight")
+        require(self.folds in (1, 2),
+                f"method.folds must be 1 (official: one held-out half) or 2 (both halves), got {self.folds!r}")
+        check_int_at_least(self.est_epochs, "method.est_epochs", 1, null="the recipe's epochs")
+        check_beta(self.beta, "method.beta")
+        check_int_at_least(self.drw_epoch, "method.drw_epoch", 0, null="the recipe's first milestone")
+
+
 @register_method("har")
 class HAR(Method):
     """HAR (Cao et al., ICLR 2021; kaidic/HAR: cifar_hetero_est.py, weight_est.py, cifar_train.py;
@@ -183,17 +209,12 @@ class HAR(Method):
     (torchvision's resnet50) are made out-of-place so the recorded BN outputs stay intact.
     """
 
+    config_class = HARConfig
+
     @classmethod
     def check_config(cls, cfg) -> None:
-        m = cfg.method
-        check_nonneg(m.reg_weight, "method.reg_weight")
-        if m.folds not in (1, 2):
-            raise ConfigError(f"method.folds must be 1 (official: one held-out half) or 2 (both halves), "
-                              f"got {m.folds!r}")
-        e = m.est_epochs
-        if e is not None and (not isinstance(e, int) or isinstance(e, bool) or e < 1):
-            raise ConfigError(f"method.est_epochs must be null (the recipe's epochs) or an integer >= 1, got {e!r}")
-        check_drw_options(m, cfg.recipe)
+        if cfg.method.drw:  # DRW needs a switch epoch: drw_epoch or the recipe's first milestone
+            drw_start_epoch(cfg.recipe, cfg.method.drw_epoch)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def setup(self) -> None:

@@ -5,7 +5,8 @@ the true-class logit, and deferred re-weighting with class-balanced weights afte
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -13,12 +14,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from curvebench.engine.method import Method, Phase, register_method
+from curvebench.engine.method_config import (
+    MISSING,
+    MethodConfig,
+    Number,
+    check_beta,
+    check_int_at_least,
+    check_positive,
+)
 from curvebench.engine.ops import one_hot
 from curvebench.engine.reweighting import (
     DEFAULT_BETA,
     as_device_tensor,
-    check_drw_options,
-    check_positive,
     drw_class_weights,
     drw_start_epoch,
     mean_weight_by_noise,
@@ -78,6 +85,21 @@ def replace_classifier(model: nn.Module, head: nn.Module) -> None:
     setattr(model, name, head)
 
 
+@dataclass
+class LDAMDRWConfig(MethodConfig):
+    max_m: Number = MISSING  # largest margin, > 0
+    s: Number = MISSING  # logit scale, > 0
+    drw: bool = MISSING
+    drw_epoch: Optional[int] = MISSING  # null: the recipe's first LR milestone
+    beta: Number = MISSING  # in [0, 1)
+
+    def __post_init__(self) -> None:
+        check_positive(self.max_m, "method.max_m")
+        check_positive(self.s, "method.s")
+        check_beta(self.beta, "method.beta")
+        check_int_at_least(self.drw_epoch, "method.drw_epoch", 0, null="the recipe's first milestone")
+
+
 @register_method("ldam_drw")
 class LDAMDRW(Method):
     """LDAM-DRW (Cao et al., NeurIPS 2019; kaidic/LDAM-DRW; docs/methods.md §6).
@@ -98,12 +120,12 @@ class LDAMDRW(Method):
     the backbone keeps the configured init (CurveNet's for resnet32) instead of LDAM's Kaiming init.
     """
 
+    config_class = LDAMDRWConfig
+
     @classmethod
     def check_config(cls, cfg) -> None:
-        m = cfg.method
-        check_positive(m.max_m, "method.max_m")
-        check_positive(m.s, "method.s")
-        check_drw_options(m, cfg.recipe)
+        if cfg.method.drw:  # DRW needs a switch epoch: drw_epoch or the recipe's first milestone
+            drw_start_epoch(cfg.recipe, cfg.method.drw_epoch)
 
     def setup(self) -> None:
         self.model = self.ctx.build_model()

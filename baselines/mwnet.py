@@ -63,7 +63,8 @@ epoch. Artifacts: the last epoch's per-sample weights and V's weight function on
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 import torch
@@ -73,6 +74,7 @@ import torch.nn.functional as F
 from curvebench.engine.data import Batch
 from curvebench.engine.fastpath import no_tf32
 from curvebench.engine.method import Method, Phase, register_method
+from curvebench.engine.method_config import MISSING, MethodConfig, Number, check_int_at_least, require
 from curvebench.engine.reweighting import mean_weight_by_noise
 from curvebench.engine.virtual import FunctionalModel, SGDRule, meta_backward
 from curvebench.errors import ConfigError
@@ -115,6 +117,33 @@ def mwnet_meta_loss(fm: FunctionalModel, params: dict[str, torch.Tensor], vnet: 
     return F.cross_entropy(fm(meta_x, new), meta_y)
 
 
+@dataclass
+class MetaWeightNetConfig(MethodConfig):
+    """``mwnet_imb``'s keys; ``mwnet_noise`` adds ``meta_restart_each_epoch``."""
+
+    hidden: int = MISSING  # V-Net width, >= 1
+    vnet_optimizer: str = MISSING  # one of VNET_OPTIMIZERS
+    vnet_lr: Number = MISSING  # > 0
+    vnet_weight_decay: Number = MISSING
+    vnet_momentum: Number = MISSING  # sgd only
+    vnet_nesterov: bool = MISSING  # sgd only
+    meta_per_class: Optional[int] = MISSING  # null: the whole meta set; checked against the split in check_config
+    meta_batch_size: Optional[int] = MISSING  # null: the training batch size
+
+    def __post_init__(self) -> None:
+        require(self.hidden >= 1, f"method.hidden must be >= 1 (MW-Net uses 100), got {self.hidden}")
+        require(self.vnet_optimizer in VNET_OPTIMIZERS,
+                f"method.vnet_optimizer must be one of {VNET_OPTIMIZERS}, got {self.vnet_optimizer!r}")
+        require(self.vnet_lr > 0, f"method.vnet_lr must be positive, got {self.vnet_lr}")
+        check_int_at_least(self.meta_batch_size, "method.meta_batch_size", 1, null="= the training batch size")
+        check_int_at_least(self.meta_per_class, "method.meta_per_class", 1, null="the whole meta set")
+
+
+@dataclass
+class MetaWeightNetNoiseConfig(MetaWeightNetConfig):
+    meta_restart_each_epoch: bool = MISSING  # a fresh shuffled pass of the meta set at each epoch
+
+
 class _MetaWeightNet(Method):
     """Shared MW-Net machinery; the variants set the class attributes below."""
 
@@ -126,21 +155,9 @@ class _MetaWeightNet(Method):
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:
-        m = cfg.method
-        if int(m.hidden) < 1:
-            raise ConfigError(f"method.hidden must be >= 1 (MW-Net uses 100), got {m.hidden}")
-        if str(m.vnet_optimizer) not in VNET_OPTIMIZERS:
-            raise ConfigError(f"method.vnet_optimizer must be one of {VNET_OPTIMIZERS}, got {m.vnet_optimizer!r}")
-        if float(m.vnet_lr) <= 0:
-            raise ConfigError(f"method.vnet_lr must be positive, got {m.vnet_lr}")
-        mb = m.get("meta_batch_size")
-        if mb is not None and int(mb) < 1:
-            raise ConfigError(f"method.meta_batch_size must be null (= the training batch size) or >= 1, got {mb}")
-        k = m.get("meta_per_class")
+        k = cfg.method.meta_per_class
         if k is not None:
             split_k = int(cfg.split.meta_per_class)
-            if int(k) < 1:
-                raise ConfigError(f"method.meta_per_class must be null (the whole meta set) or >= 1, got {k}")
             if split_k >= 0 and int(k) > split_k:  # -1: the whole declared clean set of an image-folder dataset
                 raise ConfigError(f"method.meta_per_class={k} exceeds the split's meta set ({split_k} per class); "
                                   f"set method.meta_per_class <= {split_k}, or null for the whole meta set")
@@ -225,6 +242,7 @@ class MetaWeightNetNoise(_MetaWeightNet):
     """MW-Net, noise variant (MW-Net.py): the class attributes below; the module docstring and
     docs/methods.md §9 give the method, its decisions and deviations."""
 
+    config_class = MetaWeightNetNoiseConfig
     normalize = False
     detach_input = True
     random_meta_batches = False
@@ -235,6 +253,7 @@ class MetaWeightNetImbalance(_MetaWeightNet):
     """MW-Net, class-imbalance variant (meta-weight-net-class-imbalance.py): the class attributes
     below; the module docstring and docs/methods.md §10 give the method, its decisions and deviations."""
 
+    config_class = MetaWeightNetConfig
     normalize = True
     detach_input = False
     random_meta_batches = True

@@ -3,16 +3,17 @@ ICCV 2019; official code hjimce/O2U-Net main.py; docs/methods.md §8)."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from baselines.selection import check_forget_rate, precision_recall
+from baselines.selection import check_explicit_forget_rate, check_forget_rate, precision_recall
 from curvebench.engine.method import Method, Phase, register_method
-from curvebench.errors import ConfigError
+from curvebench.engine.method_config import MISSING, MethodConfig, Number, check_int_at_least, require
 
 PRETRAIN, CYCLIC, RETRAIN = "pretrain", "cyclic", "retrain"
 RETRAIN_INITS = ("scratch", "pretrained")
@@ -44,6 +45,28 @@ def keep_lowest(score: torch.Tensor, tau: float) -> torch.Tensor:
     mask = torch.zeros(n, dtype=torch.bool, device=score.device)
     mask[order[:keep]] = True
     return mask
+
+
+@dataclass
+class O2UConfig(MethodConfig):
+    forget_rate: Optional[Number] = MISSING  # tau in [0, 1); null: split.noise_rate
+    pretrain_epochs: Optional[int] = MISSING  # null: max(1, recipe.epochs // 5)
+    cycle_length: int = MISSING
+    num_cycles: int = MISSING
+    lr_max: Number = MISSING
+    lr_min: Number = MISSING  # 0 < lr_min <= lr_max
+    cyclic_batch_size: int = MISSING
+    retrain_init: str = MISSING  # one of RETRAIN_INITS
+
+    def __post_init__(self) -> None:
+        check_explicit_forget_rate(self.forget_rate, self.name)
+        check_int_at_least(self.pretrain_epochs, "o2u: method.pretrain_epochs", 1, null="max(1, recipe.epochs // 5)")
+        for key in ("cycle_length", "num_cycles", "cyclic_batch_size"):
+            check_int_at_least(getattr(self, key), f"o2u: method.{key}", 1)
+        require(0 < self.lr_min <= self.lr_max, f"o2u: the cyclic lr needs 0 < method.lr_min <= method.lr_max, got "
+                f"lr_min={self.lr_min}, lr_max={self.lr_max}")
+        require(self.retrain_init in RETRAIN_INITS, f"o2u: method.retrain_init must be one of "
+                f"{', '.join(RETRAIN_INITS)}, got {self.retrain_init!r}")
 
 
 @register_method("o2u")
@@ -109,26 +132,11 @@ class O2UNet(Method):
         super().__init__(ctx, cfg)
         self.stage = PRETRAIN
 
+    config_class = O2UConfig
+
     @classmethod
     def check_config(cls, cfg: Any) -> None:
-        check_forget_rate(cfg)
-        m = cfg.method
-
-        def positive_int(key: str, value: Any) -> None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"o2u: method.{key} must be an integer >= 1, got {value!r}")
-
-        if m.pretrain_epochs is not None:
-            positive_int("pretrain_epochs", m.pretrain_epochs)
-        positive_int("cycle_length", m.cycle_length)
-        positive_int("num_cycles", m.num_cycles)
-        positive_int("cyclic_batch_size", m.cyclic_batch_size)
-        if not 0 < float(m.lr_min) <= float(m.lr_max):
-            raise ConfigError(f"o2u: the cyclic lr needs 0 < method.lr_min <= method.lr_max, got "
-                              f"lr_min={m.lr_min}, lr_max={m.lr_max}")
-        if m.retrain_init not in RETRAIN_INITS:
-            raise ConfigError(f"o2u: method.retrain_init must be one of {', '.join(RETRAIN_INITS)}, "
-                              f"got {m.retrain_init!r}")
+        check_forget_rate(cfg)  # null: split.noise_rate, which must then lie in [0, 1)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def setup(self) -> None:

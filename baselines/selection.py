@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from curvebench.engine.method_config import require
 from curvebench.errors import ConfigError
 
 
@@ -17,21 +18,21 @@ def forget_rate(cfg: Any) -> float:
     return float(cfg.split.noise_rate if value is None else value)
 
 
+def check_explicit_forget_rate(value: float | None, name: str) -> None:
+    """A set ``method.forget_rate`` lies in [0, 1) (for the config classes' ``__post_init__``)."""
+    require(value is None or 0.0 <= value < 1.0,
+            f"{name}: method.forget_rate must be in [0, 1) (the fraction of samples dropped), got {value}; "
+            "set method.forget_rate=<value in [0, 1)>")
+
+
 def check_forget_rate(cfg: Any) -> float:
-    """``forget_rate(cfg)``, or a ConfigError that says what to change when it is outside [0, 1)."""
-    name = cfg.method.name
-    explicit = cfg.method.get("forget_rate") is not None
-    try:
-        tau = forget_rate(cfg)
-    except (TypeError, ValueError):
-        raise ConfigError(f"method.forget_rate must be a number in [0, 1) or null, got "
-                          f"{cfg.method.get('forget_rate')!r}") from None
-    if not 0.0 <= tau < 1.0:
-        if explicit:
-            raise ConfigError(f"{name}: method.forget_rate must be in [0, 1) (the fraction of samples dropped), "
-                              f"got {tau}; set method.forget_rate=<value in [0, 1)>")
-        raise ConfigError(f"{name}: method.forget_rate is null, so the forget rate is split.noise_rate={tau}, "
-                          "which is outside [0, 1); set method.forget_rate=<value in [0, 1)>")
+    """``forget_rate(cfg)``, or a ConfigError that says what to change when a null
+    ``method.forget_rate`` takes a ``split.noise_rate`` outside [0, 1) (a rule across config nodes;
+    the config classes check a set one with ``check_explicit_forget_rate``)."""
+    tau = forget_rate(cfg)
+    if cfg.method.get("forget_rate") is None and not 0.0 <= tau < 1.0:
+        raise ConfigError(f"{cfg.method.name}: method.forget_rate is null, so the forget rate is "
+                          f"split.noise_rate={tau}, which is outside [0, 1); set method.forget_rate=<value in [0, 1)>")
     return tau
 
 

@@ -15,6 +15,7 @@ from hydra.errors import ConfigCompositionException, HydraException, MissingConf
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from curvebench.engine.method_config import method_config
 from curvebench.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -163,12 +164,11 @@ def validate_config(cfg: DictConfig) -> None:
     _require(dev in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", dev) is not None,
              f"train.device must be auto, cpu, cuda or cuda:N, got {dev!r}")
     method_cls = METHODS.get(cfg.method.name)
+    method_config(method_cls.config_class, cfg.method)  # the method's node: types, keys, value rules
     _require(not method_cls.needs_meta or int(cfg.split.meta_per_class) != 0,  # -1: a declared clean set
              f"method {cfg.method.name!r} needs a clean meta set, but split.meta_per_class is 0; "
              "set split.meta_per_class to k > 0")
-    check = getattr(method_cls, "check_config", None)
-    if check is not None:
-        check(cfg)
+    method_cls.check_config(cfg)  # the method's rules across config nodes
 
 
 def to_dict(cfg: DictConfig) -> dict[str, Any]:

@@ -75,8 +75,9 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -84,6 +85,15 @@ import torch.nn.functional as F
 
 from curvebench.engine.data import Batch, MetaSampler
 from curvebench.engine.method import Method, Phase, register_method
+from curvebench.engine.method_config import (
+    MISSING,
+    MethodConfig,
+    Number,
+    check_beta,
+    check_int_at_least,
+    check_positive,
+    require,
+)
 from curvebench.engine.reweighting import class_balanced_weights, mean_weight_by_noise
 from curvebench.engine.virtual import FunctionalModel, SGDRule, meta_backward, momentum_buffers, slmo_frozen
 from curvebench.errors import ConfigError
@@ -120,16 +130,87 @@ def _num_stages(model_name: str, kwargs_json: str) -> int:
         return num_slmo_stages(build_model(model_name, 10, **kwargs))
 
 
-def _int(value: Any, key: str, low: int = 0, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ConfigError(f"method.{key} must be an integer >= {low}{' or null' if allow_none else ''}, got {value!r}")
+@dataclass
+class ProbeConfig:
+    """``method.probe``: the probing stage (curvenet.yaml documents each key)."""
+
+    epochs: int = MISSING
+    lr: Number = MISSING
+    batch_size: Optional[int] = MISSING  # null: recipe.batch_size
+    cyclic_epochs: int = MISSING
+    cyclic_lr_high: Number = MISSING
+    cyclic_lr_low: Number = MISSING
+    cyclic_half_period: int = MISSING
+    cyclic_batch_size: Optional[int] = MISSING  # null: batch_size // 8
+    momentum: Number = MISSING
+    nesterov: bool = MISSING
+    weight_decay: Number = MISSING
+    seed: Optional[int] = MISSING  # null: the run's seed
+    evaluate: bool = MISSING
+    curves_file: Optional[str] = MISSING  # a curves .npz to use instead of probing
+    wait: bool = MISSING
+    stale_after_s: Number = MISSING
+    poll_s: Number = MISSING
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "cyclic_epochs"):
+            check_int_at_least(getattr(self, key), f"method.probe.{key}", 0)
+        require(self.seed is None or self.seed >= 0,
+                f"method.probe.seed must be an integer >= 0 or null (the run's seed), got {self.seed!r}")
+        check_int_at_least(self.cyclic_half_period, "method.probe.cyclic_half_period", 1)
+        check_int_at_least(self.batch_size, "method.probe.batch_size", 1, null="recipe.batch_size")
+        check_int_at_least(self.cyclic_batch_size, "method.probe.cyclic_batch_size", 1, null="batch_size // 8")
+        for key in ("lr", "cyclic_lr_high", "cyclic_lr_low"):
+            check_positive(getattr(self, key), f"method.probe.{key}")
+        require(bool(self.curves_file) or self.epochs + self.cyclic_epochs >= 1,
+                "the probe has no epoch: set method.probe.epochs and/or method.probe.cyclic_epochs > 0")
 
 
-def _positive(value: Any, key: str) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"method.{key} must be a number > 0, got {value!r}")
+@dataclass
+class CurveNetConfig(MethodConfig):
+    """``curvenet`` and ``curvenet_drw`` (curvenet.yaml documents each key)."""
+
+    probe: ProbeConfig = MISSING
+    skip_first: int = MISSING  # S >= 0, leaving at least one loss value of the probe
+    drop_last_epoch: bool = MISSING
+    std_normalise: bool = MISSING
+    hidden: int = MISSING
+    output_factor: Number = MISSING
+    output_bias: Number = MISSING
+    final_bias_init: Number = MISSING
+    double_embedding: bool = MISSING
+    lr: Number = MISSING
+    weight_decay: Number = MISSING
+    meta_batch_size: Optional[int] = MISSING  # null: recipe.batch_size
+    meta_restart_each_epoch: bool = MISSING
+    freeze_epoch: Optional[int] = MISSING  # null: recipe.milestones[0]
+    start_weight: Number = MISSING
+    slmo: int = MISSING  # 0..the model's residual stages (check_config)
+    drw: bool = MISSING
+    drw_beta: Number = MISSING
+    drw_start_epoch: Optional[int] = MISSING  # null: recipe.milestones[0] + 1 (check_config)
+    meta_per_class: Optional[int] = MISSING  # null: the split's whole meta set (check_config); 0: pseudo-meta set
+    pseudo_meta_per_class: int = MISSING
+    pseudo_meta_score: str = MISSING  # mean | last
+    timing_every: int = MISSING
+    timing_skip: int = MISSING
+
+    def __post_init__(self) -> None:
+        check_int_at_least(self.skip_first, "method.skip_first", 0)
+        if not self.probe.curves_file:
+            check_curve_window(self.probe.epochs + self.probe.cyclic_epochs, self.skip_first, self.drop_last_epoch)
+        check_int_at_least(self.hidden, "method.hidden", 1)
+        check_positive(self.lr, "method.lr")
+        check_int_at_least(self.freeze_epoch, "method.freeze_epoch", 0, null="recipe.milestones[0]")
+        check_int_at_least(self.meta_batch_size, "method.meta_batch_size", 1, null="recipe.batch_size")
+        check_int_at_least(self.pseudo_meta_per_class, "method.pseudo_meta_per_class", 1)
+        require(self.pseudo_meta_score in ("mean", "last"),
+                f"method.pseudo_meta_score must be 'mean' or 'last', got {self.pseudo_meta_score!r}")
+        check_int_at_least(self.timing_every, "method.timing_every", 0)
+        check_int_at_least(self.slmo, "method.slmo", 0)
+        check_int_at_least(self.meta_per_class, "method.meta_per_class", 0, null="the split's whole meta set")
+        check_beta(self.drw_beta, "method.drw_beta")
+        check_int_at_least(self.drw_start_epoch, "method.drw_start_epoch", 0, null="recipe.milestones[0] + 1")
 
 
 @register_method("curvenet")
@@ -139,6 +220,7 @@ class CurveNetMethod(Method):
 
     needs_meta = False  # k = 0 draws a pseudo-meta set from the training data (checked in __init__)
     uses_clean_meta = True
+    config_class = CurveNetConfig
 
     # -- configuration ----------------------------------------------------------------------------
     @classmethod
@@ -161,29 +243,6 @@ class CurveNetMethod(Method):
     @classmethod
     def check_config(cls, cfg: Any) -> None:
         c, r = cfg.method, cfg.recipe
-        p = c.probe
-        for key in ("epochs", "cyclic_epochs"):
-            _int(p[key], f"probe.{key}")
-        _int(p.seed, "probe.seed", allow_none=True)
-        _int(p.cyclic_half_period, "probe.cyclic_half_period", 1)
-        _int(p.batch_size, "probe.batch_size", 1, allow_none=True)
-        _int(p.cyclic_batch_size, "probe.cyclic_batch_size", 1, allow_none=True)
-        for key in ("lr", "cyclic_lr_high", "cyclic_lr_low"):
-            _positive(p[key], f"probe.{key}")
-        if not p.curves_file and probe_epochs(p) < 1:
-            raise ConfigError("the probe has no epoch: set method.probe.epochs and/or method.probe.cyclic_epochs > 0")
-        _int(c.skip_first, "skip_first")
-        if not p.curves_file:
-            check_curve_window(probe_epochs(p), int(c.skip_first), bool(c.drop_last_epoch))
-        _int(c.hidden, "hidden", 1)
-        _positive(c.lr, "lr")
-        _int(c.freeze_epoch, "freeze_epoch", 0, allow_none=True)
-        _int(c.meta_batch_size, "meta_batch_size", 1, allow_none=True)
-        _int(c.pseudo_meta_per_class, "pseudo_meta_per_class", 1)
-        if c.pseudo_meta_score not in ("mean", "last"):
-            raise ConfigError(f"method.pseudo_meta_score must be 'mean' or 'last', got {c.pseudo_meta_score!r}")
-        _int(c.timing_every, "timing_every")
-        _int(c.slmo, "slmo")
         mcfg = dict(cfg.model)
         name = mcfg.pop("name")
         stages = _num_stages(name, json.dumps(mcfg, sort_keys=True, default=str))
@@ -191,16 +250,12 @@ class CurveNetMethod(Method):
             raise ConfigError(f"method.slmo={c.slmo} is larger than the {stages} residual stages of model {name!r}: "
                               f"choose method.slmo in 0..{stages} (SL=s skips the stem and the first s-1 stages)")
         split_k = int(cfg.split.meta_per_class)
-        _int(c.meta_per_class, "meta_per_class", 0, allow_none=True)
         if c.meta_per_class and split_k == 0:
             raise ConfigError(f"method.meta_per_class={c.meta_per_class} but the split has no meta set "
                               "(split.meta_per_class=0); set split.meta_per_class >= method.meta_per_class")
         if c.meta_per_class and split_k > 0 and c.meta_per_class > split_k:
             raise ConfigError(f"method.meta_per_class={c.meta_per_class} exceeds the split's meta set "
                               f"(split.meta_per_class={split_k})")
-        if not isinstance(c.drw_beta, (int, float)) or not 0.0 <= float(c.drw_beta) < 1.0:
-            raise ConfigError(f"method.drw_beta must be in [0, 1), got {c.drw_beta!r}")
-        _int(c.drw_start_epoch, "drw_start_epoch", 0, allow_none=True)
         if c.drw and c.drw_start_epoch is None and not list(r.milestones):
             raise ConfigError("DRW starts after the recipe's first milestone, but recipe.milestones is empty; "
                               "set method.drw_start_epoch")

@@ -20,7 +20,7 @@ from baselines.har import (
     scaled_recipe,
     stage_batchnorms,
 )
-from curvebench.engine.method import METHODS
+from curvebench.config import validate_config
 from curvebench.engine.reweighting import class_balanced_weights
 from curvebench.engine.schedules import recipe_lr
 from curvebench.errors import ConfigError
@@ -250,8 +250,8 @@ def test_bad_har_configs(change, message):
     cfg = OmegaConf.create(OmegaConf.to_container(config("method=har"), resolve=True))
     for key, value in change.items():
         cfg.method[key] = value
-    with pytest.raises(ConfigError, match=message):
-        METHODS.get("har").check_config(cfg)
+    with pytest.raises(ConfigError, match=message):  # HARConfig: types and value rules
+        validate_config(cfg)
 
 
 def test_defaults():

@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from curvebench.engine.method_config import MethodConfig
 from curvebench.errors import ConfigError
 from curvebench.registry import Registry
 
@@ -65,6 +66,7 @@ class Method:
     needs_meta: ClassVar[bool] = False  # needs a clean meta set (split.meta_per_class > 0)
     uses_clean_meta: ClassVar[bool] = False  # trains on clean meta data (a leaderboard flag)
     extra_state: ClassVar[tuple[str, ...]] = ()  # plain attributes to checkpoint
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig  # its hyper-parameters: types and value rules
 
     def __init__(self, ctx: "TrainContext", cfg: "DictConfig") -> None:
         self.ctx = ctx
@@ -77,7 +79,9 @@ class Method:
 
     @classmethod
     def check_config(cls, cfg: "DictConfig") -> None:
-        """Validate the run config before anything runs; raise ConfigError saying what to change."""
+        """Rules that span config nodes (e.g. ``method.meta_per_class`` against the split), checked
+        when the config is composed, after the ``method`` node passed ``config_class``; raise
+        ConfigError saying what to change. Rules on the method's own keys belong in ``config_class``."""
 
     @classmethod
     def prepare_for_timing(cls, cfg: "DictConfig", train_labels: torch.Tensor, cache_dir: "Path",

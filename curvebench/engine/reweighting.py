@@ -1,5 +1,5 @@
-"""Pieces shared by several methods: class-balanced (effective-number) weights, deferred
-re-weighting (DRW), and config checks.
+"""Pieces shared by several methods: class-balanced (effective-number) weights and deferred
+re-weighting (DRW).
 
 ``class_balanced_weights`` is the one implementation of Cui et al. (2019)'s weights used by
 Class-Balanced loss (``cb``), LDAM-DRW's DRW stage (``ldam_drw``), HAR's optional DRW (``har``) and
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 import torch
 
+from curvebench.engine.method_config import check_beta
 from curvebench.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -68,37 +69,6 @@ def drw_start_epoch(recipe: Mapping[str, Any], override: Any = None) -> int:
 
 def as_device_tensor(values: Any, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(np.asarray(values, dtype=np.float32), device=device)
-
-
-# -- config checks ------------------------------------------------------------------------------
-def check_beta(beta: Any, key: str) -> None:
-    if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not 0.0 <= float(beta) < 1.0:
-        raise ConfigError(f"{key} must be a number in [0, 1) (e.g. 0.9999), got {beta!r}")
-
-
-def check_nonneg(value: Any, key: str) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or float(value) < 0:
-        raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
-
-
-def check_positive(value: Any, key: str) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or float(value) <= 0:
-        raise ConfigError(f"{key} must be a number > 0, got {value!r}")
-
-
-def check_drw_epoch(value: Any, key: str) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-        raise ConfigError(f"{key} must be null (the recipe's first milestone) or an epoch >= 0, got {value!r}")
-
-
-def check_drw_options(m: Mapping[str, Any], recipe: Mapping[str, Any]) -> None:
-    """The DRW knobs of ``ldam_drw`` and ``har``: ``beta``, ``drw`` (bool) and ``drw_epoch``."""
-    check_beta(m["beta"], "method.beta")
-    check_drw_epoch(m["drw_epoch"], "method.drw_epoch")
-    if not isinstance(m["drw"], bool):
-        raise ConfigError(f"method.drw must be true or false, got {m['drw']!r}")
-    if m["drw"]:
-        drw_start_epoch(recipe, m["drw_epoch"])
 
 
 def mean_weight_by_noise(sample_weights: torch.Tensor, clean: CleanLabels,
