@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from baselines.selection import check_forget_rate, precision_recall, small_loss_positions
+from baselines.selection import check_forget_rate, method_forget_rate, precision_recall, small_loss_positions
 from curvebench.engine.method import Method, Phase, register_method
 from curvebench.errors import ConfigError
 
@@ -101,7 +101,7 @@ class CoTeaching(Method):
             raise ConfigError(f"coteaching: method.num_gradual (T_k, in epochs) must be > 0, got {ng!r}")
 
     def setup(self) -> None:
-        self.tau = check_forget_rate(self.ctx.cfg)
+        self.tau = method_forget_rate(self.cfg, self.ctx.split.noise_rate)  # checked at composition
         self.t_k = float(self.cfg.num_gradual)
         self.net1 = self.ctx.build_model()
         self.net2 = self.ctx.build_model()  # built second: a different random initialisation
