@@ -10,7 +10,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from baselines.selection import check_explicit_forget_rate, check_forget_rate, precision_recall, small_loss_positions
+from baselines.selection import (
+    check_explicit_forget_rate,
+    check_forget_rate,
+    method_forget_rate,
+    precision_recall,
+    small_loss_positions,
+)
 from curvebench.engine.method import Method, Phase, register_method
 from curvebench.engine.method_config import MISSING, MethodConfig, Number, require
 
@@ -112,7 +118,7 @@ class CoTeaching(Method):
         check_forget_rate(cfg)  # null: split.noise_rate, which must then lie in [0, 1)
 
     def setup(self) -> None:
-        self.tau = check_forget_rate(self.ctx.cfg)
+        self.tau = method_forget_rate(self.cfg, self.ctx.split.noise_rate)  # checked at composition
         self.t_k = float(self.cfg.num_gradual)
         self.net1 = self.ctx.build_model()
         self.net2 = self.ctx.build_model()  # built second: a different random initialisation

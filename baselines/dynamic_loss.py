@@ -82,7 +82,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from curvebench.engine.data import Batch, ImageSet, MetaSampler
+from curvebench.engine.data import Batch, ImageSource, MetaSampler
+from curvebench.engine.evaluate import evaluating
 from curvebench.engine.fastpath import no_tf32
 from curvebench.engine.method import Method, Phase, register_method
 from curvebench.engine.method_config import MISSING, MethodConfig, Number, check_int_at_least, require
@@ -301,18 +302,10 @@ class DynamicLoss(Method):
         self._meta_steps = self._lc_steps = 0
         self._fm = FunctionalModel(self.model)
 
-    def _pool(self) -> ImageSet:
+    def _pool(self) -> ImageSource:
+        """The training set, followed by the clean meta set when ``union_clean_meta`` (positions n..)."""
         train = self.ctx.train
-        if not bool(self.cfg.union_clean_meta):
-            return train
-        meta = self.ctx.meta
-        if not isinstance(train, ImageSet) or not isinstance(meta.meta, ImageSet):
-            raise ConfigError("union_clean_meta needs device-resident image sets (not an image-folder dataset)")
-        index = torch.arange(len(meta), device=meta.labels.device)
-        index = index if meta.subset is None else meta.subset
-        return ImageSet(torch.cat([train.images, meta.meta.images[index]]), torch.cat([train.labels, meta.labels]),
-                        train.num_classes, train.normalize, train.pad, train.flip, train.generator,
-                        train.channels_last, train.pad_mode)
+        return train.concat(self.ctx.meta.samples()) if bool(self.cfg.union_clean_meta) else train
 
     def is_warm(self, epoch: int) -> bool:
         return epoch < self.warm_epochs
@@ -321,18 +314,12 @@ class DynamicLoss(Method):
         return self.train_positions  # chosen in on_epoch_start; the engine reads it every epoch
 
     # -- per-epoch work -------------------------------------------------------------------------
-    @torch.no_grad()
     def epoch_losses(self) -> torch.Tensor:
         """CE of every training sample's weak view against its observed label, model in eval mode."""
-        train, model = self.ctx.train, self.model
-        was_training = model.training
-        model.eval()
         out = torch.empty(self.n_train, device=self.ctx.device)
-        bs = int(self.ctx.cfg.train.eval_batch_size)
-        for start in range(0, self.n_train, bs):
-            idx = torch.arange(start, min(start + bs, self.n_train), device=self.ctx.device)
-            out[idx] = F.cross_entropy(model(train.view(idx, augment=False)), train.labels[idx], reduction="none")
-        model.train(was_training)
+        with evaluating(self.model) as model:
+            for b in self.ctx.train.eval_batches(int(self.ctx.cfg.train.eval_batch_size)):
+                out[b.index] = F.cross_entropy(model(b.x), b.y, reduction="none")
         return out
 
     def on_epoch_start(self, phase: Phase, epoch: int) -> None:
@@ -366,7 +353,7 @@ class DynamicLoss(Method):
             extra = torch.arange(self.n_train, len(self.pool), device=ctx.device)
             chosen = torch.cat([chosen, extra])
         self.meta_positions = chosen
-        self.meta_sampler = MetaSampler(self.pool, subset=chosen)
+        self.meta_sampler.restrict(chosen)  # a fresh pass over this epoch's pseudo-meta set
 
     # -- training -------------------------------------------------------------------------------
     def train_step(self, batch: Batch, phase: Phase, epoch: int) -> dict[str, torch.Tensor]:

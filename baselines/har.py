@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from curvebench.engine.evaluate import evaluating
 from curvebench.engine.method import Method, Phase, register_method
 from curvebench.engine.method_config import (
     MISSING,
@@ -309,22 +310,17 @@ class HAR(Method):
         self.est_correct[fold], self.est_total[fold] = correct, total
         return {"heldout_top1_observed": float(100.0 * correct.sum() / max(1.0, total.sum()))}
 
-    @torch.no_grad()
     def heldout_counts(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
         """Per-class hits and sizes of the fold's held-out half, against the observed labels, in
         eval mode, without augmentation."""
-        model, held = self.est_models[fold], self._fold_data(fold)[1]
-        k, train = self.ctx.num_classes, self.ctx.train
-        was_training = model.training
-        model.eval()
+        held, k = self._fold_data(fold)[1], self.ctx.num_classes
         hits = torch.zeros(k, device=self.ctx.device)
         size = torch.zeros(k, device=self.ctx.device)
-        bs = int(self.ctx.cfg.train.eval_batch_size)
-        for batch in train.batches(bs, held, shuffle=False, augment=False):
-            pred = model(batch.x).argmax(1)
-            size += torch.bincount(batch.y, minlength=k).float()
-            hits += torch.bincount(batch.y[pred == batch.y], minlength=k).float()
-        model.train(was_training)
+        with evaluating(self.est_models[fold]) as model:
+            for batch in self.ctx.train.eval_batches(int(self.ctx.cfg.train.eval_batch_size), held):
+                pred = model(batch.x).argmax(1)
+                size += torch.bincount(batch.y, minlength=k).float()
+                hits += torch.bincount(batch.y[pred == batch.y], minlength=k).float()
         return hits.cpu().double().numpy(), size.cpu().double().numpy()
 
     def eval_models(self) -> dict[str, nn.Module]:

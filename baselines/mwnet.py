@@ -184,7 +184,7 @@ class _MetaWeightNet(Method):
     def on_epoch_start(self, phase: Phase, epoch: int) -> None:
         super().on_epoch_start(phase, epoch)
         if not self.random_meta_batches and bool(self.cfg.get("meta_restart_each_epoch", False)):
-            self.meta_sampler.load_state_dict({"order": None, "pos": 0})  # MW-Net.py's iter() per epoch
+            self.meta_sampler.restart()  # MW-Net.py's iter() per epoch
         self.sample_weight.fill_(float("nan"))
         self.meta_loss_sum.zero_()
         self._steps = 0

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from baselines.selection import check_explicit_forget_rate, check_forget_rate, precision_recall
+from baselines.selection import check_explicit_forget_rate, check_forget_rate, method_forget_rate, precision_recall
 from curvebench.engine.method import Method, Phase, register_method
 from curvebench.engine.method_config import MISSING, MethodConfig, Number, check_int_at_least, require
 
@@ -141,7 +141,7 @@ class O2UNet(Method):
     # -- lifecycle ------------------------------------------------------------------------------
     def setup(self) -> None:
         ctx = self.ctx
-        self.tau = check_forget_rate(ctx.cfg)
+        self.tau = method_forget_rate(self.cfg, ctx.split.noise_rate)  # checked at composition
         self.model = ctx.build_model()  # pre-training and the cyclic stage
         self.final_model = ctx.build_model()  # retraining (fresh init; or the pre-trained weights)
         self.opt_pre = ctx.build_optimizer(self.model.parameters())

@@ -11,11 +11,16 @@ from curvebench.engine.method_config import require
 from curvebench.errors import ConfigError
 
 
+def method_forget_rate(method_cfg: Any, noise_rate: float) -> float:
+    """tau: ``method_cfg.forget_rate`` when set, else the split's nominal noise rate (privileged, as
+    in the official Co-teaching and O2U-Net code). A method passes ``ctx.split.noise_rate``."""
+    value = method_cfg.get("forget_rate")
+    return float(noise_rate if value is None else value)
+
+
 def forget_rate(cfg: Any) -> float:
-    """tau from a full run config: ``method.forget_rate`` when set, else the nominal noise rate
-    ``split.noise_rate`` (privileged, as in the official Co-teaching and O2U-Net code)."""
-    value = cfg.method.get("forget_rate")
-    return float(cfg.split.noise_rate if value is None else value)
+    """tau from a full run config (``method`` and ``split`` nodes), before the split spec exists."""
+    return method_forget_rate(cfg.method, cfg.split.noise_rate)
 
 
 def check_explicit_forget_rate(value: float | None, name: str) -> None:

@@ -203,7 +203,7 @@ def build_context(plan: PlannedRun) -> tuple[TrainContext, CleanLabels, Split, d
     cache_dir = Path(cfg.paths.splits) / spec.dataset / "cache"
     ctx = TrainContext(cfg=cfg, device=device, num_classes=k, image_shape=image_shape, train=train, test=test,
                        meta=meta, generator=generators["method"], run_dir=plan.run_dir, cache_dir=cache_dir,
-                       split_sha256=split.sha256, split_spec=spec.to_dict(), seed=seed)
+                       split_sha256=split.sha256, split=spec, seed=seed)
     return ctx, clean, split, generators, bool(data.official)
 
 

@@ -60,7 +60,7 @@ as in the code, so the pool changes with k), optionally cut to ``meta_per_class`
 (the first ones; a fixed-pool variant of Table 7). k = 0 (``split.meta_per_class=0`` or
 ``method.meta_per_class=0``): the ``pseudo_meta_per_class`` (10) training samples of each
 *observed* class with the lowest mean probe loss, with their observed labels (Table 7 "0"); this
-pseudo-meta sampler (``MetaSampler(ctx.train, subset)``) draws its batches and augmentation from the
+pseudo-meta sampler (``MetaSampler(ctx.train)`` restricted to them) draws its batches and augmentation from the
 engine's data stream.
 
 Diagnostics (per allocating epoch): ``mean_weight_clean`` / ``mean_weight_noisy`` (each sample's
@@ -335,6 +335,7 @@ class CurveNetMethod(Method):
         self.probe_model = self.probe_optimizer = None
         self.probe_losses: torch.Tensor | None = None
         self.probe_rng_state: torch.Tensor | None = None
+        self._probe_generator: torch.Generator | None = None  # the probe epoch's stream (from probe_rng_state)
         if self.probe_needed:
             p = c.probe
             with torch.random.fork_rng(devices=[]):  # the probe's own seed; the run's RNG is untouched
@@ -377,9 +378,8 @@ class CurveNetMethod(Method):
         self._phase = phase.name
         if phase.name in PROBE_PHASES:
             ctx.set_lr(self.probe_optimizer, probe_lr(c.probe, phase.name, epoch))
-            gen = torch.Generator(device=ctx.train.generator.device)
-            gen.set_state(self.probe_rng_state.cpu())
-            self._engine_generator, ctx.train.generator = ctx.train.generator, gen
+            self._probe_generator = torch.Generator(device=ctx.train.generator.device)  # see train_generator
+            self._probe_generator.set_state(self.probe_rng_state.cpu())
             if self._lock is not None:
                 self._lock.heartbeat(force=True)
             return
@@ -391,11 +391,17 @@ class CurveNetMethod(Method):
             self._marker.unlink(missing_ok=True)
         ctx.set_lr(self.optimizer, ctx.recipe_lr(epoch))
         if epoch < self.freeze_epoch and c.meta_restart_each_epoch:
-            self.meta_sampler.load_state_dict({"order": None, "pos": 0})  # the code's per-epoch iter()
+            self.meta_sampler.restart()  # the code's per-epoch iter()
         if self.drw:
             beta = float(c.drw_beta) if epoch >= self.drw_start else 0.0
             self.class_weights = torch.as_tensor(class_balanced_weights(ctx.class_counts, beta),
                                                  dtype=torch.float32, device=ctx.device)
+
+    def train_generator(self, phase: Phase) -> torch.Generator | None:
+        """The probe's batches and augmentation come from its own stream (seeded with the probe seed,
+        carried across epochs in ``probe_rng_state``), so the engine's stream is the same as a run
+        that read the curves from a file."""
+        return self._probe_generator if phase.name in PROBE_PHASES else None
 
     def train_step(self, batch: Batch, phase: Phase, epoch: int) -> dict[str, torch.Tensor]:
         if phase.name in PROBE_PHASES:
@@ -415,8 +421,7 @@ class CurveNetMethod(Method):
 
     def on_epoch_end(self, phase: Phase, epoch: int) -> dict[str, float]:
         if phase.name in PROBE_PHASES:
-            self.probe_rng_state = self.ctx.train.generator.get_state()
-            self.ctx.train.generator = self._engine_generator
+            self.probe_rng_state = self._probe_generator.get_state()
             last = PROBE_CYCLIC if int(self.cfg.probe.cyclic_epochs) > 0 else PROBE
             if phase.name == last and epoch == phase.epochs - 1:
                 self._publish()
@@ -466,7 +471,7 @@ class CurveNetMethod(Method):
 
     def _drop_probe(self) -> None:
         self.probe_model = self.probe_optimizer = None
-        self.probe_losses = self.probe_rng_state = None
+        self.probe_losses = self.probe_rng_state = self._probe_generator = None
         if self._lock is not None:
             self._lock.release()
 
@@ -495,7 +500,8 @@ class CurveNetMethod(Method):
                 self.pseudo_meta_index = lowest_loss_per_class(losses, labels, ctx.num_classes,
                                                                int(c.pseudo_meta_per_class),
                                                                str(c.pseudo_meta_score)).to(ctx.device)
-            self.meta_sampler.subset = self.pseudo_meta_index
+            # set before any meta draw; a resumed run keeps the pass its checkpoint restored
+            self.meta_sampler.restrict(self.pseudo_meta_index, restart=False)
 
     @property
     def curves(self) -> torch.Tensor:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from curvebench.config import compose_config
+from curvebench.data import spec_from_config
 from curvebench.engine.augment import Normalize
 from curvebench.engine.context import TrainContext
 from curvebench.engine.data import ImageSet
@@ -41,7 +42,7 @@ def make_ctx(labels: Sequence[int], *overrides: str, num_classes: int = 10, seed
                     pad_mode="constant")
     return TrainContext(cfg=cfg, device=dev, num_classes=num_classes, image_shape=(1, 8, 8), train=train, test=test,
                         meta=None, generator=torch.Generator().manual_seed(seed + 1), run_dir=tmp, cache_dir=tmp,
-                        split_sha256="0" * 64, split_spec={}, seed=seed)
+                        split_sha256="0" * 64, split=spec_from_config(cfg), seed=seed)
 
 
 def make_method(name: str, labels: Sequence[int], *overrides: str, **kw) -> Method:

@@ -227,10 +227,14 @@ def test_probe_records_the_loss_before_the_update_and_leaves_the_data_stream_alo
     engine_gen = ctx.train.generator
     state = engine_gen.get_state()
     method.on_phase_start(phases[1])
+    probe_state = method.probe_rng_state.clone()
     method.on_epoch_start(phases[1], 1)
-    assert ctx.train.generator is not engine_gen
+    probe_gen = method.train_generator(phases[1])  # the probe's own stream, not the engine's
+    assert probe_gen is not None and probe_gen is not engine_gen and probe_gen is not ctx.train.generator
+    assert torch.equal(probe_gen.get_state(), probe_state)
+    assert method.train_generator(phases[2]) is None  # the allocating stage draws from the data stream
     assert method.probe_optimizer.param_groups[0]["lr"] == 0.001  # second half-period of the wave
-    batch = next(ctx.train.batches(8))
+    batch = next(ctx.train.batches(8, generator=probe_gen))  # as the engine draws this epoch's batches
     before = copy.deepcopy(method.probe_model)
     expected = F.cross_entropy(before(batch.x), batch.y, reduction="none")
     method.train_step(batch, phases[1], 1)
@@ -239,6 +243,8 @@ def test_probe_records_the_loss_before_the_update_and_leaves_the_data_stream_alo
     assert not torch.equal(before.linear.weight, method.probe_model.linear.weight)
     method.on_epoch_end(phases[1], 1)
     assert ctx.train.generator is engine_gen and torch.equal(engine_gen.get_state(), state)
+    assert torch.equal(method.probe_rng_state, probe_gen.get_state())  # carried to the next probe epoch
+    assert not torch.equal(method.probe_rng_state, probe_state)
     method._lock.release()
 
 

@@ -27,6 +27,7 @@ from baselines.dynamic_loss import (
 )
 from baselines.mwnet import MetaWeightNetImbalance, MetaWeightNetNoise, WeightNet, mwnet_meta_loss, weighted_loss
 from curvebench.config import compose_config
+from curvebench.data import spec_from_config
 from curvebench.engine.augment import Normalize
 from curvebench.engine.context import CleanLabels, TrainContext
 from curvebench.engine.data import ImageSet, MetaSampler
@@ -79,7 +80,7 @@ def _ctx(method: str, *overrides: str, tmp_path=None) -> tuple[TrainContext, Cle
     ctx = TrainContext(cfg=cfg, device=torch.device("cpu"), num_classes=k, image_shape=(1, 8, 8), train=train,
                        test=test, meta=MetaSampler(meta), generator=gens["method"], run_dir=tmp_path,
                        cache_dir=tmp_path,
-                       split_sha256="0" * 64, split_spec={}, seed=1)
+                       split_sha256="0" * 64, split=spec_from_config(cfg), seed=1)
     ctx.extra["generators"] = gens
     return ctx, clean
 

@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig
 
-from curvebench.engine.data import ImageSet, MetaSampler
+from curvebench.data.types import SplitSpec
+from curvebench.engine.data import ImageSource, MetaSampler
 from curvebench.engine.fastpath import prepare_model
 from curvebench.engine.phase_timer import NoPhaseMarker, PhaseMarker
 from curvebench.engine.schedules import recipe_lr, set_lr
@@ -34,15 +35,15 @@ class TrainContext:
     device: torch.device
     num_classes: int
     image_shape: tuple[int, int, int]  # (C, H, W)
-    train: ImageSet  # training split with observed (noisy) labels
-    test: ImageSet  # clean test set (evaluation only)
+    train: ImageSource  # training split with observed (noisy) labels
+    test: ImageSource  # clean test set (evaluation only)
     meta: MetaSampler | None  # clean meta set, when the split has one
     generator: torch.Generator  # the method's own random stream (device)
     run_dir: Path
     cache_dir: Path  # shared between runs on the same split (CurveNet's probe curves)
     split_sha256: str
-    split_spec: dict[str, Any]
-    seed: int
+    split: SplitSpec  # the validated split spec (``ctx.split.meta_per_class``, ``.noise_rate``), never cfg.split
+    seed: int  # the run's seed: CurveNet's probe seeds from it (perf's synthetic contexts choose their own)
     extra: dict[str, Any] = field(default_factory=dict)
     # installed by the engine (the Table 8 timer) and by `curvebench perf` (CUDA events, FLOPs)
     phase_marker: PhaseMarker = field(default_factory=NoPhaseMarker)

@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import numpy as np
 import torch
 import torch.nn as nn
 
-from curvebench.engine.data import ImageSet
+from curvebench.engine.data import ImageSource
 
 SHOT_THRESHOLDS = {"many": 100, "few": 20}  # many: > 100 training images; few: < 20; medium: the rest
 
 
-@torch.no_grad()
-def confusion_matrix(model: nn.Module, test: ImageSet, batch_size: int) -> np.ndarray:
-    """[K, K] counts, rows = true class, columns = predicted class."""
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode without autograd inside the block; its mode is restored after. With
+    ``ImageSource.eval_batches`` this is every evaluation pass (test set, held-out part, per-sample losses)."""
     was_training = model.training
     model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def confusion_matrix(model: nn.Module, test: ImageSource, batch_size: int) -> np.ndarray:
+    """[K, K] counts, rows = true class, columns = predicted class."""
     k = test.num_classes
     conf = torch.zeros(k * k, dtype=torch.int64, device=test.labels.device)
-    for batch in test.batches(batch_size, shuffle=False, augment=False):
-        pred = model(batch.x).argmax(1)
-        conf += torch.bincount(batch.y * k + pred, minlength=k * k)
-    model.train(was_training)
+    with evaluating(model):
+        for batch in test.eval_batches(batch_size):
+            pred = model(batch.x).argmax(1)
+            conf += torch.bincount(batch.y * k + pred, minlength=k * k)
     return conf.view(k, k).cpu().numpy()
 
 

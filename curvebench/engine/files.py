@@ -1,14 +1,16 @@
-"""Image-file datasets (Clothing1M, Food-101N, ANIMAL-10N): the ``ImageSet`` interface over JPEGs.
+"""Image-file datasets (Clothing1M, Food-101N, ANIMAL-10N): the ``ImageSource`` protocol over JPEGs.
 
 These sets are too large to keep on the device, so images are decoded on the host by a thread pool
 (PIL releases the GIL while decoding). Augmentation follows MW-Net's
 Clothing1M recipe: resize the shorter side to ``resize``, take a random ``crop`` x ``crop`` window
 and flip (training); resize and centre-crop (test). The random crop offsets and flips are drawn
 in the main thread from a CPU generator that the engine checkpoints, so runs are reproducible.
+Every batch draws its crops and flips, augmented or not, so evaluation batches draw too.
 """
 
 from __future__ import annotations
 
+import copy
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -17,10 +19,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from curvebench.engine.data import Batch
+from curvebench.engine.data import Batch, num_batches
 
 
 class FileImageSet:
+    """JPEGs decoded on the host per batch: the file-backed ``ImageSource``."""
+
     def __init__(self, root: str | Path, files: Sequence[str], labels: np.ndarray, num_classes: int,
                  mean: Sequence[float], std: Sequence[float], generator: torch.Generator, device: torch.device,
                  *, resize: int = 256, crop: int = 224, flip: bool = True, workers: int = 8,
@@ -60,12 +64,13 @@ class FileImageSet:
                 im = im.transpose(Image.FLIP_LEFT_RIGHT)
             return np.asarray(im, dtype=np.uint8)
 
-    def _load(self, index: torch.Tensor, augment: bool) -> np.ndarray:
+    def _load(self, index: torch.Tensor, augment: bool, generator: torch.Generator | None = None) -> np.ndarray:
         """Decode the images of ``index`` in parallel; random crops/flips come from the generator."""
+        gen = self.generator if generator is None else generator
         idx = index.cpu().tolist()
         n = len(idx)
-        uv = torch.rand(n, 2, generator=self.generator).tolist()
-        flips = (torch.rand(n, generator=self.generator) < 0.5).tolist() if self.flip else [False] * n
+        uv = torch.rand(n, 2, generator=gen).tolist()
+        flips = (torch.rand(n, generator=gen) < 0.5).tolist() if self.flip else [False] * n
         jobs = [(i, u, v, f, augment) for i, (u, v), f in zip(idx, uv, flips)]
         return np.stack(list(self.pool.map(lambda job: self._decode(*job), jobs)))
 
@@ -77,25 +82,46 @@ class FileImageSet:
         index = index.to(self.device)
         return Batch(x, self.labels[index], index)
 
-    def view(self, index: torch.Tensor, augment: bool = True) -> torch.Tensor:
-        return self.batch(index, augment).x
+    def view(self, index: torch.Tensor, augment: bool = True,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.batch(index, augment, generator).x
 
-    def batch(self, index: torch.Tensor, augment: bool = True) -> Batch:
-        return self._to_batch(self._load(index, augment), index)
+    def batch(self, index: torch.Tensor, augment: bool = True, generator: torch.Generator | None = None) -> Batch:
+        return self._to_batch(self._load(index, augment, generator), index)
 
     def num_batches(self, batch_size: int, subset_size: int | None = None, drop_last: bool = False,
                     limit: int | None = None) -> int:
-        n = len(self) if subset_size is None else subset_size
-        num = n // batch_size if drop_last else -(-n // batch_size)
-        return num if limit is None else min(num, limit)
+        return num_batches(len(self) if subset_size is None else subset_size, batch_size, drop_last, limit)
 
     def batches(self, batch_size: int, subset: torch.Tensor | None = None, shuffle: bool = True,
-                augment: bool = True, drop_last: bool = False, limit: int | None = None) -> Iterator[Batch]:
+                augment: bool = True, drop_last: bool = False, limit: int | None = None,
+                generator: torch.Generator | None = None) -> Iterator[Batch]:
+        gen = self.generator if generator is None else generator
         n = len(self) if subset is None else int(subset.shape[0])
-        order = torch.randperm(n, generator=self.generator) if shuffle else torch.arange(n)
+        order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
         if subset is not None:
             order = subset.cpu()[order]
         num = self.num_batches(batch_size, n, drop_last, limit)
         chunks = [order[i * batch_size:(i + 1) * batch_size] for i in range(num)]
         for chunk in chunks:
-            yield self.batch(chunk, augment)
+            yield self.batch(chunk, augment, gen)
+
+    def eval_batches(self, batch_size: int, subset: torch.Tensor | None = None) -> Iterator[Batch]:
+        """Batches over ``subset`` (default all) in order, centre-cropped (the crop draws still happen)."""
+        return self.batches(batch_size, subset, shuffle=False, augment=False)
+
+    def _with(self, files: list[str], labels: torch.Tensor) -> "FileImageSet":
+        out = copy.copy(self)  # the same root, transforms, generator and decoding threads
+        out.files, out.labels = files, labels
+        return out
+
+    def select(self, positions: torch.Tensor) -> "FileImageSet":
+        rows = positions.cpu().tolist()
+        return self._with([self.files[i] for i in rows], self.labels[positions.to(self.device)])
+
+    def concat(self, *others: "FileImageSet") -> "FileImageSet":
+        for other in others:
+            if not isinstance(other, FileImageSet) or other.root != self.root:
+                raise TypeError("FileImageSet.concat needs FileImageSets under the same root")
+        return self._with(self.files + [f for o in others for f in o.files],
+                          torch.cat([self.labels, *(o.labels for o in others)]))

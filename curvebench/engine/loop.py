@@ -137,13 +137,15 @@ class Trainer:
         method, ctx = self.method, self.ctx
         method.on_epoch_start(phase, epoch)
         subset = method.train_subset(phase)  # may change from epoch to epoch (Dynamic Loss)
+        generator = method.train_generator(phase)  # None: the engine's data stream
         dev = ctx.device
         loss_sum = torch.zeros((), device=dev)
         bad = torch.zeros((), dtype=torch.bool, device=dev)
         steps = 0
         n_sub = None if subset is None else int(subset.shape[0])
         nb = ctx.train.num_batches(phase.batch_size, n_sub, phase.drop_last, self.limit_batches)
-        batches = ctx.train.batches(phase.batch_size, subset, drop_last=phase.drop_last, limit=self.limit_batches)
+        batches = ctx.train.batches(phase.batch_size, subset, drop_last=phase.drop_last, limit=self.limit_batches,
+                                    generator=generator)
         autocast = train_autocast(ctx.cfg.train, dev)
         for batch in tqdm(batches, total=nb, desc=f"{phase.name} {epoch}", unit="it", leave=False,
                           disable=not self.progress, position=2):

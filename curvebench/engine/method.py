@@ -10,7 +10,8 @@ Lifecycle, driven by the engine::
         for epoch in range(phase.epochs):
             method.on_epoch_start(phase, epoch)
             subset = method.train_subset(phase)                 # read every epoch
-            for batch in ctx.train.batches(phase.batch_size, subset):
+            generator = method.train_generator(phase)           # None: the engine's data stream
+            for batch in ctx.train.batches(phase.batch_size, subset, generator=generator):
                 logs = method.train_step(batch, phase, epoch)   # tensors only: no host sync
             method.on_epoch_end(phase, epoch)                   # may sync; returns floats to log
             ... engine evaluates eval_models(), calls diagnostics(), checkpoints ...
@@ -104,6 +105,13 @@ class Method:
     def train_subset(self, phase: Phase) -> torch.Tensor | None:
         """Positions of the training samples to train on this epoch (None: all); read after
         ``on_epoch_start`` every epoch."""
+        return None
+
+    def train_generator(self, phase: Phase) -> torch.Generator | None:
+        """The generator this epoch's batch order and augmentation are drawn from (None: the
+        engine's ``data`` stream, the same batches for every method); read with ``train_subset``.
+        A method that trains a side network on batches of its own (CurveNet's probe) returns a
+        generator it owns and checkpoints, and the engine's stream stays as it was."""
         return None
 
     def on_epoch_start(self, phase: Phase, epoch: int) -> None:

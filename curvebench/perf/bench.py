@@ -77,13 +77,15 @@ class Case:
 
 
 class _BatchPool:
-    def __init__(self, ctx: TrainContext, batch_size: int, subset: torch.Tensor | None = None) -> None:
+    def __init__(self, ctx: TrainContext, batch_size: int, subset: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> None:
         self.batches: list[Batch] = []
         n = len(ctx.train) if subset is None else int(subset.shape[0])
         if n < batch_size:
             raise Skip(f"only {n} training samples for batch size {batch_size}")
         while len(self.batches) < POOL:  # whole batches of shuffled epochs, as the engine makes them
-            self.batches += list(ctx.train.batches(batch_size, subset, drop_last=True, limit=POOL - len(self.batches)))
+            self.batches += list(ctx.train.batches(batch_size, subset, drop_last=True, limit=POOL - len(self.batches),
+                                                   generator=generator))
         self.i = 0
 
     def next(self) -> Batch:
@@ -132,7 +134,7 @@ class MethodCase(Case):
             subset = method.train_subset(phase)  # as the engine: read after on_epoch_start
             self.method, self.phase = method, phase
             self.batch_size = phase.batch_size
-            self.pool = _BatchPool(ctx, phase.batch_size, subset)
+            self.pool = _BatchPool(ctx, phase.batch_size, subset, method.train_generator(phase))
             self.autocast = train_autocast(cfg.train, self.device)
             self.loss_sum = torch.zeros((), device=self.device)
         except Skip:

@@ -102,9 +102,10 @@ def estimate_run(method: str, model: str, data: SyntheticData, device: torch.dev
             for epoch in range(start, min(start + epochs, phase.epochs)):
                 m.on_epoch_start(phase, epoch)
                 subset = m.train_subset(phase)  # as the engine: it may change every epoch
+                generator = m.train_generator(phase)
                 if warm:  # first kernels, allocator, cuDNN autotuning: not timed
                     for batch in ctx.train.batches(phase.batch_size, subset, drop_last=phase.drop_last,
-                                                   limit=warmup_batches):
+                                                   limit=warmup_batches, generator=generator):
                         with autocast:
                             m.train_step(batch, phase, epoch)
                     clock.sync()
@@ -114,7 +115,7 @@ def estimate_run(method: str, model: str, data: SyntheticData, device: torch.dev
                 clock.sync()
                 t0 = time.perf_counter()
                 for batch in ctx.train.batches(phase.batch_size, subset, drop_last=phase.drop_last,
-                                               limit=limit_batches):
+                                               limit=limit_batches, generator=generator):
                     with autocast:
                         out_ = m.train_step(batch, phase, epoch)
                     loss_sum += out_["loss"].detach().float()

@@ -100,9 +100,9 @@ def synthetic_context(cfg: DictConfig, data: SyntheticData, device: torch.device
     cache_dir = workdir / "cache"
     run_dir.mkdir(parents=True, exist_ok=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    spec = spec_from_config(cfg).to_dict()
+    spec = spec_from_config(cfg)
     split_sha256 = "0" * 64
     METHODS.get(cfg.method.name).prepare_for_timing(cfg, data.train_labels, cache_dir, split_sha256, seed)
     return TrainContext(cfg=cfg, device=device, num_classes=data.num_classes, image_shape=data.image_shape,
                         train=train, test=test, meta=meta, generator=generators["method"], run_dir=run_dir,
-                        cache_dir=cache_dir, split_sha256=split_sha256, split_spec=spec, seed=seed)
+                        cache_dir=cache_dir, split_sha256=split_sha256, split=spec, seed=seed)
