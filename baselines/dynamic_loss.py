@@ -79,6 +79,7 @@ import torch.nn.functional as F
 
 from curvebench.engine.data import Batch, ImageSet, MetaSampler
 from curvebench.engine.fastpath import no_tf32
+from curvebench.engine.meta_step import MetaNet, MetaProblem, MetaStep, meta_compile_options
 from curvebench.engine.method import Method, Phase, register_method
 from curvebench.engine.ops import one_hot
 from curvebench.engine.virtual import FunctionalModel, SGDRule, meta_backward, momentum_buffers
@@ -130,16 +131,30 @@ class DynamicLossNet(nn.Module):
         """m [1, K], the same for every sample (zeros without the MG)."""
         return self.mg(self.cls_emb) if self.use_mg else self.no_margin
 
+    def forward(self, rank: torch.Tensor, y: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(corrected targets, margin): the meta-net as one call (the pure meta step's ``functional_call``)."""
+        return self.target(rank, y, q), self.margin()
+
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-sample -sum_k t_k log softmax(z)_k."""
     return -(target * F.log_softmax(logits, dim=1)).sum(1)
 
 
+def gumbel_noise(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """g ~ Gumbel(0, 1) of ``shape``, from ``generator``."""
+    return -torch.empty(shape, dtype=dtype, device=device).exponential_(generator=generator).log()
+
+
+def hard_sample(logits: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """onehot(argmax(z + g)) for Gumbel noise g."""
+    return one_hot((logits + noise).argmax(1), logits.shape[1], logits.dtype)
+
+
 def gumbel_hard(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """A hard Gumbel-softmax sample (tau = 1): onehot(argmax(z + g)), g ~ Gumbel(0, 1), from ``generator``."""
-    g = -torch.empty_like(logits).exponential_(generator=generator).log()
-    return one_hot((logits + g).argmax(1), logits.shape[1], logits.dtype)
+    return hard_sample(logits, gumbel_noise(tuple(logits.shape), logits.dtype, logits.device, generator))
 
 
 def class_ranks(loss: torch.Tensor, labels: torch.Tensor, num_classes: int, rank_num: int) -> torch.Tensor:
@@ -202,6 +217,16 @@ def dynamic_meta_loss(fm: FunctionalModel, params: dict[str, torch.Tensor], meta
     virt = soft_cross_entropy(logits + metanet.margin(), target).mean()
     new = fm.virtual_step(virt, params, rule, buffers)
     return F.cross_entropy(fm(meta_x, new), meta_y), logits.detach()
+
+
+def dynamic_virtual_loss(metanet: MetaNet, logits: torch.Tensor, y: torch.Tensor,
+                         extra: tuple) -> tuple[torch.Tensor, tuple[torch.Tensor]]:
+    """Dynamic Loss's piece of the pure meta step (``train.compile_meta``; ``engine/meta_step.py``), as in
+    ``dynamic_meta_loss``: ``extra`` = (ranks [B], Gumbel noise [B, K] drawn outside from the method's
+    generator). Returns (mean soft-CE(f(weak) + m, t), (the detached weak logits,))."""
+    rank, noise = extra
+    target, margin = metanet(rank, y, hard_sample(logits.detach(), noise))
+    return soft_cross_entropy(logits + margin, target).mean(), (logits.detach(),)
 
 
 @register_method("dynamic_loss")
@@ -275,6 +300,9 @@ class DynamicLoss(Method):
         self._lc_loss = torch.zeros((), device=dev)
         self._meta_steps = self._lc_steps = 0
         self._fm = FunctionalModel(self.model)
+        options = meta_compile_options(ctx.cfg.train)  # train.compile_meta: the compiled pure meta step
+        self._compiled_meta = None if options is None else MetaStep(self._fm, self.metanet,
+                                                                MetaProblem(dynamic_virtual_loss), options)
 
     def _pool(self) -> ImageSet:
         train = self.ctx.train
@@ -373,11 +401,20 @@ class DynamicLoss(Method):
         weak_x = self.ctx.train.view(batch.index, augment=False)
         rank = self.rank[batch.index]
         meta = self.meta_sampler.next_batch(int(self.cfg.get("meta_batch_size") or phase.batch_size))
-        meta_loss, weak_logits = dynamic_meta_loss(
-            fm, fm.params(), self.metanet, weak_x, batch.y, rank, lambda z: gumbel_hard(z, gen), meta.x, meta.y,
-            SGDRule.from_optimizer(self.optimizer), momentum_buffers(self.optimizer, self.model))
-        self.meta_optimizer.zero_grad(set_to_none=True)
-        meta_backward(meta_loss, self.metanet.parameters())
+        rule, buffers = SGDRule.from_optimizer(self.optimizer), momentum_buffers(self.optimizer, self.model)
+        if self._compiled_meta is not None:  # train.compile_meta; the noise comes from the method's stream
+            like = next(self.model.parameters())  # the meta pass runs in the parameters' dtype (fp32)
+            noise = gumbel_noise((weak_x.shape[0], self.ctx.num_classes), like.dtype, like.device, gen)
+            result = self._compiled_meta(weak_x, batch.y, meta.x, meta.y, rule, buffers, (rank, noise))
+            meta_loss, (weak_logits,) = result.meta_loss, result.aux
+            self.meta_optimizer.zero_grad(set_to_none=True)
+            result.set_grads(self.metanet)
+        else:
+            meta_loss, weak_logits = dynamic_meta_loss(
+                fm, fm.params(), self.metanet, weak_x, batch.y, rank, lambda z: gumbel_hard(z, gen), meta.x, meta.y,
+                rule, buffers)
+            self.meta_optimizer.zero_grad(set_to_none=True)
+            meta_backward(meta_loss, self.metanet.parameters())
         self.meta_optimizer.step()
 
         with torch.no_grad():
