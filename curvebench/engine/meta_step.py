@@ -65,7 +65,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad, grad_and_value
 
-from curvebench.engine.fastpath import _get, no_tf32
+from curvebench.engine.fastpath import _autocast_enabled, _get, no_tf32
 from curvebench.engine.virtual import FunctionalModel, SGDRule, sgd_rule_step
 
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
@@ -199,7 +199,7 @@ class MetaStep:
         with contextlib.ExitStack() as stack:
             stack.enter_context(no_tf32())
             stack.enter_context(self.fm.frozen_in_eval())
-            if torch.is_autocast_enabled(device_type):
+            if _autocast_enabled(device_type):
                 stack.enter_context(torch.autocast(device_type, enabled=False))
             yield
 
