@@ -85,9 +85,11 @@ import torch.nn.functional as F
 from curvebench.engine.data import Batch, ImageSource, MetaSampler
 from curvebench.engine.evaluate import evaluating
 from curvebench.engine.fastpath import no_tf32
+from curvebench.engine.meta_step import MetaNet, MetaProblem, MetaStep, meta_compile_options
 from curvebench.engine.method import Method, Phase, register_method
 from curvebench.engine.method_config import MISSING, MethodConfig, Number, check_int_at_least, require
 from curvebench.engine.ops import one_hot
+from curvebench.engine.phase_timer import FUSED_META
 from curvebench.engine.virtual import FunctionalModel, SGDRule, meta_backward, momentum_buffers
 from curvebench.errors import ConfigError
 
@@ -137,16 +139,30 @@ class DynamicLossNet(nn.Module):
         """m [1, K], the same for every sample (zeros without the MG)."""
         return self.mg(self.cls_emb) if self.use_mg else self.no_margin
 
+    def forward(self, rank: torch.Tensor, y: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(corrected targets, margin): the meta-net as one call (the pure meta step's ``functional_call``)."""
+        return self.target(rank, y, q), self.margin()
+
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-sample -sum_k t_k log softmax(z)_k."""
     return -(target * F.log_softmax(logits, dim=1)).sum(1)
 
 
+def gumbel_noise(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """g ~ Gumbel(0, 1) of ``shape``, from ``generator``."""
+    return -torch.empty(shape, dtype=dtype, device=device).exponential_(generator=generator).log()
+
+
+def hard_sample(logits: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """onehot(argmax(z + g)) for Gumbel noise g."""
+    return one_hot((logits + noise).argmax(1), logits.shape[1], logits.dtype)
+
+
 def gumbel_hard(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """A hard Gumbel-softmax sample (tau = 1): onehot(argmax(z + g)), g ~ Gumbel(0, 1), from ``generator``."""
-    g = -torch.empty_like(logits).exponential_(generator=generator).log()
-    return one_hot((logits + g).argmax(1), logits.shape[1], logits.dtype)
+    return hard_sample(logits, gumbel_noise(tuple(logits.shape), logits.dtype, logits.device, generator))
 
 
 def class_ranks(loss: torch.Tensor, labels: torch.Tensor, num_classes: int, rank_num: int) -> torch.Tensor:
@@ -243,6 +259,16 @@ class DynamicLossConfig(MethodConfig):
         check_int_at_least(self.meta_batch_size, "method.meta_batch_size", 1, null="= the training batch size")
 
 
+def dynamic_virtual_loss(metanet: MetaNet, logits: torch.Tensor, y: torch.Tensor,
+                         extra: tuple) -> tuple[torch.Tensor, tuple[torch.Tensor]]:
+    """Dynamic Loss's piece of the pure meta step (``train.compile_meta``; ``engine/meta_step.py``), as in
+    ``dynamic_meta_loss``: ``extra`` = (ranks [B], Gumbel noise [B, K] drawn outside from the method's
+    generator). Returns (mean soft-CE(f(weak) + m, t), (the detached weak logits,))."""
+    rank, noise = extra
+    target, margin = metanet(rank, y, hard_sample(logits.detach(), noise))
+    return soft_cross_entropy(logits + margin, target).mean(), (logits.detach(),)
+
+
 @register_method("dynamic_loss")
 class DynamicLoss(Method):
     """Dynamic Loss: the module docstring and docs/methods.md §12 give the method, its decisions and
@@ -301,6 +327,9 @@ class DynamicLoss(Method):
         self._lc_loss = torch.zeros((), device=dev)
         self._meta_steps = self._lc_steps = 0
         self._fm = FunctionalModel(self.model)
+        options = meta_compile_options(ctx.cfg.train)  # train.compile_meta: the compiled pure meta step
+        self._compiled_meta = None if options is None else MetaStep(self._fm, self.metanet,
+                                                                MetaProblem(dynamic_virtual_loss), options)
 
     def _pool(self) -> ImageSource:
         """The training set, followed by the clean meta set when ``union_clean_meta`` (positions n..)."""
@@ -383,16 +412,26 @@ class DynamicLoss(Method):
         gen = self.ctx.generator
         fm = self._fm
         mark = self.ctx.mark_phase  # phase timing (engine/phase_timer.py)
-        mark("meta_loss")  # the meta batch, the virtual step and the meta forward (one function)
+        # the meta batch, the virtual step and the meta forward (one function); compiled, the whole meta step
+        mark("meta_loss" if self._compiled_meta is None else FUSED_META)
         weak_x = self.ctx.train.view(batch.index, augment=False)
         rank = self.rank[batch.index]
         meta = self.meta_sampler.next_batch(int(self.cfg.get("meta_batch_size") or phase.batch_size))
-        meta_loss, weak_logits = dynamic_meta_loss(
-            fm, fm.params(), self.metanet, weak_x, batch.y, rank, lambda z: gumbel_hard(z, gen), meta.x, meta.y,
-            SGDRule.from_optimizer(self.optimizer), momentum_buffers(self.optimizer, self.model))
-        mark("meta_backward")
-        self.meta_optimizer.zero_grad(set_to_none=True)
-        meta_backward(meta_loss, self.metanet.parameters())
+        rule, buffers = SGDRule.from_optimizer(self.optimizer), momentum_buffers(self.optimizer, self.model)
+        if self._compiled_meta is not None:  # train.compile_meta; the noise comes from the method's stream
+            like = next(self.model.parameters())  # the meta pass runs in the parameters' dtype (fp32)
+            noise = gumbel_noise((weak_x.shape[0], self.ctx.num_classes), like.dtype, like.device, gen)
+            result = self._compiled_meta(weak_x, batch.y, meta.x, meta.y, rule, buffers, (rank, noise))
+            meta_loss, (weak_logits,) = result.meta_loss, result.aux
+            self.meta_optimizer.zero_grad(set_to_none=True)
+            result.set_grads(self.metanet)
+        else:
+            meta_loss, weak_logits = dynamic_meta_loss(
+                fm, fm.params(), self.metanet, weak_x, batch.y, rank, lambda z: gumbel_hard(z, gen), meta.x, meta.y,
+                rule, buffers)
+            mark("meta_backward")
+            self.meta_optimizer.zero_grad(set_to_none=True)
+            meta_backward(meta_loss, self.metanet.parameters())
         self.meta_optimizer.step()
 
         mark("real")

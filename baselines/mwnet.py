@@ -63,6 +63,7 @@ epoch. Artifacts: the last epoch's per-sample weights and V's weight function on
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
@@ -73,8 +74,10 @@ import torch.nn.functional as F
 
 from curvebench.engine.data import Batch
 from curvebench.engine.fastpath import no_tf32
+from curvebench.engine.meta_step import MetaNet, MetaProblem, MetaStep, meta_compile_options
 from curvebench.engine.method import Method, Phase, register_method
 from curvebench.engine.method_config import MISSING, MethodConfig, Number, check_int_at_least, require
+from curvebench.engine.phase_timer import FUSED_META
 from curvebench.engine.reweighting import mean_weight_by_noise
 from curvebench.engine.virtual import FunctionalModel, SGDRule, meta_backward
 from curvebench.errors import ConfigError
@@ -144,6 +147,15 @@ class MetaWeightNetNoiseConfig(MetaWeightNetConfig):
     meta_restart_each_epoch: bool = MISSING  # a fresh shuffled pass of the meta set at each epoch
 
 
+def mwnet_virtual_loss(vnet: MetaNet, logits: torch.Tensor, y: torch.Tensor, extra: tuple, *, normalize: bool,
+                       detach_input: bool) -> tuple[torch.Tensor, tuple]:
+    """MW-Net's piece of the pure meta step (``train.compile_meta``; ``engine/meta_step.py``): the V-weighted
+    training loss of the virtual step, as in ``mwnet_meta_loss``."""
+    losses = F.cross_entropy(logits, y, reduction="none")
+    weights = vnet(losses.detach() if detach_input else losses)
+    return weighted_loss(weights, losses, normalize), ()
+
+
 class _MetaWeightNet(Method):
     """Shared MW-Net machinery; the variants set the class attributes below."""
 
@@ -180,6 +192,10 @@ class _MetaWeightNet(Method):
         self.meta_loss_sum = torch.zeros((), device=ctx.device)
         self._steps = 0
         self._fm = FunctionalModel(self.model)
+        options = meta_compile_options(ctx.cfg.train)  # train.compile_meta: the compiled pure meta step
+        problem = MetaProblem(functools.partial(mwnet_virtual_loss, normalize=self.normalize,
+                                                detach_input=self.detach_input))
+        self._compiled_meta = None if options is None else MetaStep(self._fm, self.vnet, problem, options)
 
     def on_epoch_start(self, phase: Phase, epoch: int) -> None:
         super().on_epoch_start(phase, epoch)
@@ -197,14 +213,21 @@ class _MetaWeightNet(Method):
     def train_step(self, batch: Batch, phase: Phase, epoch: int) -> dict[str, torch.Tensor]:
         fm = self._fm
         mark = self.ctx.mark_phase  # phase timing (engine/phase_timer.py)
-        mark("meta_loss")  # the meta batch, the virtual step and the meta forward (one function)
+        # the meta batch, the virtual step and the meta forward (one function); compiled, the whole meta step
+        mark("meta_loss" if self._compiled_meta is None else FUSED_META)
         meta = self._meta_batch(int(self.cfg.get("meta_batch_size") or phase.batch_size))
         lr = self.optimizer.param_groups[0]["lr"]
-        meta_loss = mwnet_meta_loss(fm, fm.params(), self.vnet, batch.x, batch.y, meta.x, meta.y, lr,
-                                    self.normalize, self.detach_input)
-        mark("meta_backward")
-        self.vnet_optimizer.zero_grad(set_to_none=True)
-        meta_backward(meta_loss, self.vnet.parameters())
+        if self._compiled_meta is not None:  # train.compile_meta: the meta phases as one compiled call
+            result = self._compiled_meta(batch.x, batch.y, meta.x, meta.y, SGDRule(lr))
+            meta_loss = result.meta_loss
+            self.vnet_optimizer.zero_grad(set_to_none=True)
+            result.set_grads(self.vnet)
+        else:
+            meta_loss = mwnet_meta_loss(fm, fm.params(), self.vnet, batch.x, batch.y, meta.x, meta.y, lr,
+                                        self.normalize, self.detach_input)
+            mark("meta_backward")
+            self.vnet_optimizer.zero_grad(set_to_none=True)
+            meta_backward(meta_loss, self.vnet.parameters())
         self.vnet_optimizer.step()
 
         mark("real")

@@ -158,6 +158,8 @@ def validate_config(cfg: DictConfig) -> None:
     _require(cfg.method.name in METHODS, f"unknown method {cfg.method.name!r}; available: {', '.join(METHODS.names())}")
     _require(cfg.model.name in MODELS, f"unknown model {cfg.model.name!r}; available: {', '.join(MODELS.names())}")
     _require(isinstance(cfg.seed, int), f"seed must be an integer, got {cfg.seed!r}")
+    _require(isinstance(t.get("compile_meta", False), bool),
+             f"train.compile_meta must be true or false, got {t.get('compile_meta')!r}")
     lb = cfg.train.limit_batches
     _require(lb is None or (isinstance(lb, int) and lb >= 1), f"train.limit_batches must be null or >= 1, got {lb!r}")
     dev = str(cfg.train.device)

@@ -6,7 +6,8 @@ on the shared functional virtual step (``curvebench/engine/virtual.py``).
     L_meta(Theta)    = mean CE(f(x_meta; theta_hat(Theta)), y_meta)
 
 SLMO leaves the frozen groups out of both (``FunctionalModel(frozen=...)``). Both run without TF32
-(``no_tf32``), as does the meta backward (``meta_backward``).
+(``no_tf32``), as does the meta backward (``meta_backward``). ``curvenet_virtual_loss`` is the same
+weighted loss as CurveNet's piece of the engine's pure meta step (``train.compile_meta``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ def virtual_params(fm: FunctionalModel, weight_fn: Callable[[], torch.Tensor], x
     ce = F.cross_entropy(fm(x, params), y, reduction="none")
     loss = (weight_fn() * ce).sum() / ce.shape[0]
     return fm.virtual_step(loss, params, rule, buffers)
+
+
+def curvenet_virtual_loss(curvenet: Callable[..., torch.Tensor], logits: torch.Tensor, y: torch.Tensor,
+                          extra: tuple) -> tuple[torch.Tensor, tuple]:
+    """sum_i G(c_i, y_i; Theta) CE_i / B from the functional forward's logits; ``extra`` = (curves [B, D],)."""
+    (curves,) = extra
+    ce = F.cross_entropy(logits, y, reduction="none")
+    return (curvenet(curves, y) * ce).sum() / ce.shape[0], ()
 
 
 @no_tf32()

@@ -84,6 +84,7 @@ import torch
 import torch.nn.functional as F
 
 from curvebench.engine.data import Batch, MetaSampler
+from curvebench.engine.meta_step import MetaProblem, MetaStep, meta_compile_options
 from curvebench.engine.method import Method, Phase, register_method
 from curvebench.engine.method_config import (
     MISSING,
@@ -94,11 +95,12 @@ from curvebench.engine.method_config import (
     check_positive,
     require,
 )
+from curvebench.engine.phase_timer import FUSED_META
 from curvebench.engine.reweighting import class_balanced_weights, mean_weight_by_noise
 from curvebench.engine.virtual import FunctionalModel, SGDRule, meta_backward, momentum_buffers, slmo_frozen
 from curvebench.errors import ConfigError
 from curvenet.curves import check_curve_window, curve_dim, lowest_loss_per_class, normalise_curves
-from curvenet.meta_step import meta_loss, virtual_params
+from curvenet.meta_step import curvenet_virtual_loss, meta_loss, virtual_params
 from curvenet.network import CurveNet
 from curvenet.probe import (
     PROBE,
@@ -323,6 +325,9 @@ class CurveNetMethod(Method):
                                                    weight_decay=float(c.weight_decay))
         self.sample_weights = torch.full((n,), float(c.start_weight), device=dev)
         self.fm = FunctionalModel(self.model, slmo_frozen(self.model, int(c.slmo)))
+        options = meta_compile_options(ctx.cfg.train)  # train.compile_meta: the compiled pure meta step
+        self._compiled_meta = None if options is None else MetaStep(self.fm, self.curvenet,
+                                                                 MetaProblem(curvenet_virtual_loss), options)
         self.class_weights: torch.Tensor | None = None
         self.pseudo_meta_index: torch.Tensor | None = None
         if self.use_pseudo_meta:  # its subset is set once the curves are known
@@ -409,6 +414,12 @@ class CurveNetMethod(Method):
         if epoch >= self.freeze_epoch:  # CurveNet frozen: each sample keeps its last weight
             return {"loss": self.real_step(batch, self.sample_weights[batch.index])}
         mark = self.ctx.mark_phase  # the Table 8 timer in training (timing_every), CUDA events under perf
+        if self._compiled_meta is not None:  # train.compile_meta: the three meta phases are one compiled call
+            mark(FUSED_META)
+            loss_meta = self.compiled_meta_step(batch)
+            mark("real")
+            loss = self.real_step(batch)
+            return {"loss": loss, "meta_loss": loss_meta}
         mark("virtual")
         params = self.virtual_step(batch)
         mark("meta_forward")
@@ -526,6 +537,17 @@ class CurveNetMethod(Method):
         self.curvenet_optimizer.zero_grad(set_to_none=True)
         meta_backward(loss_meta, self.curvenet.parameters())
         self.curvenet_optimizer.step()
+
+    def compiled_meta_step(self, batch: Batch) -> torch.Tensor:
+        """Phases 1-3 as the engine's compiled pure meta step (``train.compile_meta``): the same virtual
+        step, meta batch, meta loss and Adam step; returns the detached meta loss."""
+        mb = self.meta_sampler.next_batch(int(self.cfg.meta_batch_size or self.ctx.recipe.batch_size))
+        result = self._compiled_meta(batch.x, batch.y, mb.x, mb.y, SGDRule.from_optimizer(self.optimizer),
+                                 momentum_buffers(self.optimizer, self.model), (self.curves[batch.index],))
+        self.curvenet_optimizer.zero_grad(set_to_none=True)
+        result.set_grads(self.curvenet)
+        self.curvenet_optimizer.step()
+        return result.meta_loss
 
     def real_step(self, batch: Batch, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Phase 4: the classifier's SGD step on sum_i w_i * CE_i / B (with DRW class weights when on).

@@ -8,6 +8,8 @@ behaviour the engine had before it existed, except TF32, which was already on.
   ``TrainContext.build_model`` (in place, ``nn.Module.compile``: state-dict keys do not change).
 - ``train.cuda_graphs``: CUDA graphs through ``torch.compile(mode="reduce-overhead")``; needs CUDA.
 - ``train.bf16``: bf16 autocast around ``train_step`` (evaluation stays fp32).
+- ``train.compile_meta``: the meta step (MW-Net, CurveNet, Dynamic Loss) as one compiled pure function
+  (``engine/meta_step.py``), instead of the eager passes described below.
 
 Meta-learning passes (``engine/virtual.py``) differentiate twice, which ``torch.compile`` and
 CUDA-graph replay cannot be trusted with (AOTAutograd has refused double backward, or got it wrong,

@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Protocol
 import torch
 
 PHASES = ("virtual", "meta_forward", "meta_backward", "real")  # CurveNet's meta step (Table 8)
+FUSED_META = "meta_step"  # train.compile_meta: the meta phases as one compiled call
 REAL = "real"  # the classifier's own step; every other marked phase is part of the meta step
 DEFAULT_EVERY, DEFAULT_SKIP = 20, 10
 

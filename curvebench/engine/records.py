@@ -29,6 +29,13 @@ SCHEMA_VERSION = 1
 # too: runs that differ only by seed belong to the same leaderboard cell.
 HASH_EXCLUDED_KEYS = ("paths", "suite", "seed", "hydra")
 HASH_EXCLUDED_TRAIN_KEYS = ("device", "progress", "allow_cpu", "checkpoint")
+# Keys added after records were published: left out of the hash while they hold these defaults, so a
+# config that does not use them hashes as it did before they existed (every published record stays
+# valid). Same rule as the split spec's ``pool_per_class`` (curvebench/data/types.py, for the split hash).
+HASH_DEFAULTS: dict[tuple[str, str], Any] = {
+    ("train", "compile_meta"): False,  # the compiled meta step (engine/meta_step.py)
+    ("split", "pool_per_class"): 0,  # no pool cap (fmnist sets one; older suites have no such key)
+}
 
 _NUMBER = {"type": "number"}
 _NULLABLE_NUMBER = {"type": ["number", "null"]}
@@ -199,7 +206,16 @@ def hashable_config(config: Mapping[str, Any]) -> dict[str, Any]:
     cfg = {k: v for k, v in config.items() if k not in HASH_EXCLUDED_KEYS}
     if isinstance(cfg.get("train"), Mapping):
         cfg["train"] = {k: v for k, v in cfg["train"].items() if k not in HASH_EXCLUDED_TRAIN_KEYS}
+    for (section, key), default in HASH_DEFAULTS.items():
+        group = cfg.get(section)
+        if isinstance(group, Mapping) and key in group and _same_default(group[key], default):
+            cfg[section] = {k: v for k, v in group.items() if k != key}
     return cfg
+
+
+def _same_default(value: Any, default: Any) -> bool:
+    """``value`` is ``default`` (booleans and numbers kept apart: 0 is not False)."""
+    return type(value) is type(default) and value == default
 
 
 def config_hash(config: Mapping[str, Any]) -> str:

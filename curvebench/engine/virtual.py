@@ -110,7 +110,7 @@ class FunctionalModel:
         return out
 
     @contextlib.contextmanager
-    def _frozen_in_eval(self) -> Iterator[None]:
+    def frozen_in_eval(self) -> Iterator[None]:
         modes = [m.training for m in self._frozen_modules]
         for m in self._frozen_modules:
             m.training = False
@@ -124,7 +124,7 @@ class FunctionalModel:
         buffers = {n: b.clone() for n, b in self.model.named_buffers()}
         # eager and fp32 even when the model is compiled / CUDA-graphed or the step runs under bf16
         # autocast (train.compile, train.cuda_graphs, train.bf16): these passes differentiate twice
-        with self._frozen_in_eval(), eager_fp32(self.model, x.device.type):
+        with self.frozen_in_eval(), eager_fp32(self.model, x.device.type):
             return functional_call(self.model, {**params, **buffers}, (x,))
 
     def virtual_step(self, loss: torch.Tensor, params: dict[str, torch.Tensor], rule: SGDRule,
@@ -135,15 +135,26 @@ class FunctionalModel:
         buffers = buffers or {}
         new = dict(params)
         for name, g in zip(self.trainable, grads):
-            p = params[name]
-            if rule.weight_decay:
-                g = g + rule.weight_decay * p
-            if rule.momentum:
-                old = buffers.get(name)
-                buf = g if old is None else rule.momentum * old + (1.0 - rule.dampening) * g
-                g = g + rule.momentum * buf if rule.nesterov else buf
-            new[name] = p - rule.lr * g
+            new[name] = sgd_rule_step(params[name], g, rule, rule.lr, buffers.get(name))
         return new
+
+
+def sgd_rule_step(p: torch.Tensor, g: torch.Tensor, rule: SGDRule, lr: float | torch.Tensor,
+                  old: torch.Tensor | None = None, has_old: torch.Tensor | None = None) -> torch.Tensor:
+    """One step of ``rule`` for one parameter: weight decay, momentum from the buffer ``old`` (none: the
+    optimiser's first step, buf = g), Nesterov, then ``p - lr * g``. ``has_old`` (a bool tensor) says
+    whether ``old`` is a real buffer, so one compiled graph serves both cases (``engine/meta_step.py``)."""
+    if rule.weight_decay:
+        g = g + rule.weight_decay * p
+    if rule.momentum:
+        if old is None:
+            buf = g
+        else:
+            buf = rule.momentum * old + (1.0 - rule.dampening) * g
+            if has_old is not None:
+                buf = torch.where(has_old, buf, g)
+        g = g + rule.momentum * buf if rule.nesterov else buf
+    return p - lr * g
 
 
 def meta_backward(meta_loss: torch.Tensor, meta_params: Iterable[torch.nn.Parameter]) -> None:
