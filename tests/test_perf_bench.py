@@ -189,3 +189,29 @@ def test_each_meta_method_marks_each_phase_once_per_step(method, phases, tiny_da
         marks: list[str] = []
         case.run_step(marks.append)
         assert marks == phases
+
+
+def test_compiled_cases_are_timed_next_to_their_eager_twins(tiny_data, tmp_path):
+    """``--compiled``: every method case gets a twin with train.compile and train.compile_meta on, in
+    the same interleaved rounds; the twin marks its meta step as one phase, shares its eager twin's
+    FLOP count, and the checks report its speed-up, compile time and meta / CE ratios."""
+    from curvebench.perf.bench import COMPILED, build_cases
+    from curvebench.perf.report import format_report
+
+    cases = build_cases("resnet8", tiny_data, torch.device("cpu"), tmp_path, methods=["ce", "curvenet"],
+                        batch_size=4, at_epoch=0, overrides=["train.compile_backend=eager"], sls=[0, 3],
+                        reference=False, compiled=True)
+    names = [c.name for c in cases]
+    assert names == ["ce", "curvenet SL0", "curvenet SL3", "ce" + COMPILED, "curvenet SL0" + COMPILED,
+                     "curvenet SL3" + COMPILED]
+    rep = run_cases(cases, "resnet8", torch.device("cpu"), rounds=1, steps=1, warmup=0, log=lambda s: None)
+    compiled = cases[4]
+    assert compiled.method.cfg.slmo == 0 and compiled.method._compiled_meta is not None
+    assert cases[1].method._compiled_meta is None
+    marked = set(rep.timing.cases["curvenet SL0" + COMPILED].phase_names())
+    assert {"meta_step", "real"} <= marked and not marked & {"virtual", "meta_forward", "meta_backward"}
+    assert rep.results["curvenet SL0" + COMPILED].flops == rep.results["curvenet SL0"].flops
+    text = format_report(rep, torch.device("cpu"))
+    for line in ("speed-up curvenet SL0: eager / compiled", "first step curvenet SL0 [compiled] (compile, s)",
+                 "time curvenet SL0 [compiled] / ce (eager)", "time curvenet SL3 [compiled] / ce [compiled]"):
+        assert line in text, line

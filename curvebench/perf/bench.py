@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ class CaseResult:
     sync_sites: str = ""
     ops: int = 0  # ATen ops dispatched per step
     skipped: str = ""  # reason, when skipped
+    first_step_s: float = 0.0  # the first step's wall time (a compiled case: compile time included)
 
     @property
     def gflop_per_image(self) -> float:
@@ -198,7 +200,8 @@ def slmo_key(method: str) -> str | None:
 
 
 def method_cases(methods: Sequence[str], model: str, data: SyntheticData, device: torch.device, workdir: Path, *,
-                 batch_size: int | None, at_epoch: int, overrides: Sequence[str], sls: Sequence[int]) -> list[Case]:
+                 batch_size: int | None, at_epoch: int, overrides: Sequence[str], sls: Sequence[int],
+                 suffix: str = "") -> list[Case]:
     """One case per method; a method whose config declares ``slmo`` (CurveNet) gets one case per
     level in ``sls`` (``"curvenet SL0"``...)."""
     cases: list[Case] = []
@@ -207,10 +210,10 @@ def method_cases(methods: Sequence[str], model: str, data: SyntheticData, device
         if key:
             for sl in sls:
                 cases.append(MethodCase(m, model, data, device, workdir, batch_size=batch_size, at_epoch=at_epoch,
-                                        overrides=[*overrides, f"{key}={sl}"], label=f"{m} SL{sl}"))
+                                        overrides=[*overrides, f"{key}={sl}"], label=f"{m} SL{sl}{suffix}"))
         else:
             cases.append(MethodCase(m, model, data, device, workdir, batch_size=batch_size, at_epoch=at_epoch,
-                                    overrides=overrides))
+                                    overrides=overrides, label=f"{m}{suffix}"))
     return cases
 
 
@@ -235,8 +238,17 @@ def run_cases(cases: Sequence[Case], model: str, device: torch.device, *, rounds
         try:
             case.build()
             res.batch_size, res.kind = case.batch_size, case.kind
-            # one warm-up step (optimiser state, lazy buffers), then the checks
+            # one warm-up step (optimiser state, lazy buffers; a compiled case compiles here), then the checks
+            t0 = time.perf_counter()
             case.run_step(_noop)
+            res.first_step_s = time.perf_counter() - t0
+            twin = results.get(case.name.removesuffix(COMPILED))
+            if case.name.endswith(COMPILED) and twin is not None and not twin.skipped:
+                # the counting modes would re-trace the graphs: FLOPs and host syncs are the eager twin's
+                res.flops, res.syncs, res.ops, res.sync_sites = twin.flops, twin.syncs, twin.ops, twin.sync_sites
+                live.append(case)
+                log(f"  built {case.name}: first step (compile) {res.first_step_s:.1f} s")
+                continue
             with HostSyncCounter(device) as sc:
                 for _ in range(sync_steps):
                     case.run_step(_noop)
@@ -263,11 +275,20 @@ def run_cases(cases: Sequence[Case], model: str, device: torch.device, *, rounds
     return ModelReport(model, str(device), bs, results, timing, base)
 
 
+COMPILED = " [compiled]"  # the suffix of a case timed with COMPILED_OVERRIDES
+COMPILED_OVERRIDES = ("train.compile=true", "train.compile_meta=true")  # the network and the meta step
+
+
 def build_cases(model: str, data: SyntheticData, device: torch.device, workdir: Path, *, methods: Sequence[str],
                 batch_size: int | None, at_epoch: int, overrides: Sequence[str], sls: Sequence[int],
-                reference: bool = True) -> list[Case]:
+                reference: bool = True, compiled: bool = False) -> list[Case]:
+    """The method cases (eager; with ``compiled`` also each one compiled, named ``<case> [compiled]``,
+    interleaved with its eager twin in the same rounds) and MW-Net functional vs reference-style."""
     cases = method_cases(methods, model, data, device, workdir, batch_size=batch_size, at_epoch=at_epoch,
                          overrides=overrides, sls=sls)
+    if compiled:
+        cases += method_cases(methods, model, data, device, workdir, batch_size=batch_size, at_epoch=at_epoch,
+                              overrides=[*overrides, *COMPILED_OVERRIDES], sls=sls, suffix=COMPILED)
     kw: dict[str, Any] = dict(batch_size=batch_size, at_epoch=at_epoch, overrides=overrides)
     if reference:
         cases += [MWNetCase(ref, model, data, device, workdir, **kw) for ref in (False, True)]

@@ -42,6 +42,9 @@ def parser() -> argparse.ArgumentParser:
                    help="SLMO levels (method.slmo) at which a method that declares one (CurveNet) is timed")
     p.add_argument("--at-epoch", type=int, default=0, help="epoch passed to on_epoch_start/train_step (default 0)")
     p.add_argument("--no-reference", action="store_true", help="skip MW-Net functional vs reference-style")
+    p.add_argument("--compiled", action="store_true",
+                   help="also time every method with train.compile=true train.compile_meta=true, interleaved "
+                        "with its eager twin (rows '<case> [compiled]'; the first step's compile time is reported)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every case, e.g. train.channels_last=true (repeatable)")
     p.add_argument("--train-size", type=int, default=None, help="synthetic training images (default 49000)")
@@ -149,7 +152,8 @@ def _steps(args: argparse.Namespace, device: torch.device, log: Any) -> list[dic
         for model in models:
             log(f"{model}: building and checking cases")
             cases = build_cases(model, data, device, wd, methods=methods, batch_size=batch, at_epoch=args.at_epoch,
-                                overrides=args.override, sls=args.sl, reference=not args.no_reference)
+                                overrides=args.override, sls=args.sl, reference=not args.no_reference,
+                                compiled=args.compiled)
             rep = run_cases(cases, model, device, rounds=rounds, steps=steps, warmup=warmup, log=log)
             print()
             print(format_report(rep, device), flush=True)

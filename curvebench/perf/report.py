@@ -11,11 +11,12 @@ from typing import Any, Sequence
 import torch
 from tabulate import tabulate
 
+from curvebench.engine.phase_timer import FUSED_META
 from curvebench.engine.phase_timer import PHASES as CURVENET_PHASES
-from curvebench.perf.bench import ModelReport
+from curvebench.perf.bench import COMPILED, ModelReport
 
 META_PHASES = ("meta_loss", *CURVENET_PHASES)  # as the methods mark them (engine/phase_timer.py)
-PHASES = ("meta_batch", *META_PHASES)  # meta_batch: the MW-Net reference steps
+PHASES = ("meta_batch", *META_PHASES, FUSED_META)  # meta_batch: the MW-Net reference steps; meta_step: compiled
 
 
 def environment(device: torch.device, threads: int | None) -> dict[str, Any]:
@@ -44,9 +45,38 @@ def _meta_cases(rep: ModelReport) -> dict[int, str]:
     (``curvenet SL0``...)."""
     out: dict[int, str] = {}
     for name, r in rep.results.items():
-        if r.skipped or " SL" not in name:
+        if r.skipped or " SL" not in name or name.endswith(COMPILED):
             continue
         out.setdefault(int(name.rsplit("SL", 1)[1]), name)
+    return out
+
+
+def compiled_checks(rep: ModelReport) -> list[dict[str, Any]]:
+    """``--compiled``: each compiled case's speed-up over its eager twin, its first step (compile)
+    time, and the compiled meta step over the eager and over the compiled CE step at SL 0 / SL 3."""
+    t, base, out = rep.timing, rep.baseline, []
+    if not t:
+        return out
+    for name, r in rep.results.items():
+        twin = name.removesuffix(COMPILED)
+        if not name.endswith(COMPILED) or r.skipped or name not in t.cases or twin not in t.cases:
+            continue
+        m, lo, hi = t.ratio(twin, name)
+        out.append({"name": f"speed-up {twin}: eager / compiled", "value": m, "iqr": [lo, hi],
+                    "target": ">= 3 for a host-bound step (digits_cnn, resnet8 at batch 16-64)"
+                    if "SL" in name or rep.results[twin].kind == "meta" else "info", "ok": None})
+        out.append({"name": f"first step {name} (compile, s)", "value": r.first_step_s, "target": "info",
+                    "ok": None})
+    for sl, name in _meta_cases(rep).items():
+        if sl not in (0, 3) or name + COMPILED not in t.cases or not base:
+            continue
+        m, lo, hi = t.ratio(name + COMPILED, base)
+        out.append({"name": f"time {name}{COMPILED} / {base} (eager)", "value": m, "iqr": [lo, hi],
+                    "target": "<= 3.0 at SL 0 (issue 14, this CPU)" if sl == 0 else "info", "ok": None})
+        if base + COMPILED in t.cases:
+            m, lo, hi = t.ratio(name + COMPILED, base + COMPILED)
+            out.append({"name": f"time {name}{COMPILED} / {base}{COMPILED}", "value": m, "iqr": [lo, hi],
+                        "target": "info", "ok": None})
     return out
 
 
@@ -134,6 +164,7 @@ def checks(rep: ModelReport, device: torch.device) -> list[dict[str, Any]]:
                 out.append({"name": f"time {meta[sl]} / {base}", "value": m, "iqr": [lo, hi],
                             "target": f"<= {limit}" + ("" if gpu else " on a GPU (info on CPU)"),
                             "ok": (m <= limit) if gpu else None})
+    out += compiled_checks(rep)
     ref, fun = "mwnet reference (deepcopy)", "mwnet functional (ours)"
     if t and ref in t.cases and fun in t.cases:
         m, lo, hi = t.ratio(ref, fun)
