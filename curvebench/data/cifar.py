@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from curvebench.data import py2pickle
-from curvebench.data.hashing import arrays_sha256, json_sha256, md5
+from curvebench.data.hashing import md5, release_fingerprint
 from curvebench.data.types import ImageArrays
 from curvebench.errors import DataError
 
@@ -163,13 +163,8 @@ def read_cifar(directory: Path, release: CifarRelease, *, verify_md5: bool, name
         meta = py2pickle.load(meta_path)
         if len(meta.get(release.names_key, ())) == k:
             names = tuple(str(n) for n in meta[release.names_key])
-    if verify_md5:
-        fingerprint = json_sha256({"release": release.name, "md5": checksums})
-    else:
-        fingerprint = arrays_sha256(train_x, train_y, test_x, test_y)
-    source: dict[str, Any] = {"path": str(directory), "format": "cifar-python", "md5_verified": verify_md5}
-    if verify_md5:
-        source["md5"] = checksums
+    fingerprint, source = release_fingerprint(release.name, "md5", checksums, verify_md5, directory, "cifar-python",
+                                              train_x, train_y, test_x, test_y)
     return ImageArrays(
         name=name or release.name,
         train_images=train_x,

@@ -38,3 +38,21 @@ def arrays_sha256(*arrays: np.ndarray) -> str:
         h.update(f"{a.dtype.str}{a.shape};".encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+def release_fingerprint(release: str, digest: str, checksums: dict[str, str], verified: bool, directory: Path,
+                        fmt: str, *arrays: np.ndarray) -> tuple[str, dict[str, Any]]:
+    """(fingerprint, source) of a dataset read from an official release's files.
+
+    Verified against the official checksums (``digest``: "md5" | "sha256"), the fingerprint is the
+    release name and those checksums, the same on every machine; unverified, it is the content of the
+    arrays. ``source`` says where and how the data was read (and the checksums when verified).
+    """
+    if verified:
+        fingerprint = json_sha256({"release": release, digest: checksums})
+    else:
+        fingerprint = arrays_sha256(*arrays)
+    source: dict[str, Any] = {"path": str(directory), "format": fmt, f"{digest}_verified": verified}
+    if verified:
+        source[digest] = checksums
+    return fingerprint, source

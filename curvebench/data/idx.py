@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from curvebench.data.cifar import download
-from curvebench.data.hashing import arrays_sha256, json_sha256
+from curvebench.data.hashing import release_fingerprint
 from curvebench.data.types import ImageArrays
 from curvebench.errors import DataError
 
@@ -181,13 +181,8 @@ def _read_release(directory: Path, paths: dict[str, Path], verify: bool, name: s
             raise DataError(f"{directory}: {what} labels must lie in 0..9, found a {y.max()}")
     train_x, test_x = np.array(train_x[..., None]), np.array(test_x[..., None])  # writable copies
     train_y, test_y = train_y.astype(np.int64), test_y.astype(np.int64)
-    if verify:
-        fingerprint = json_sha256({"release": "fashion-mnist", "sha256": checksums})
-    else:
-        fingerprint = arrays_sha256(train_x, train_y, test_x, test_y)
-    source: dict[str, Any] = {"path": str(directory), "format": "idx", "sha256_verified": verify}
-    if verify:
-        source["sha256"] = checksums
+    fingerprint, source = release_fingerprint("fashion-mnist", "sha256", checksums, verify, directory, "idx",
+                                              train_x, train_y, test_x, test_y)
     return ImageArrays(
         name=name,
         train_images=train_x,

@@ -34,7 +34,8 @@ from curvebench.errors import ConfigError
 COMPILED_ATTR = "_curvebench_compiled"  # set on a model compiled by prepare_model
 
 
-def _get(train: Mapping[str, Any] | Any, key: str, default: Any) -> Any:
+def train_setting(train: Mapping[str, Any] | Any, key: str, default: Any) -> Any:
+    """``train.<key>`` from a DictConfig, a dict or an attribute object, else ``default``."""
     try:
         value = train.get(key, default)  # DictConfig and dict
     except AttributeError:
@@ -47,29 +48,29 @@ def apply_backend_flags(train: Mapping[str, Any], device: torch.device) -> None:
 
     The flags are process-wide and harmless without a GPU, so they are set whatever the device.
     """
-    tf32 = bool(_get(train, "tf32", True))
+    tf32 = bool(train_setting(train, "tf32", True))
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not bool(_get(train, "deterministic", False))
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not bool(train_setting(train, "deterministic", False))
 
 
 def check_flags(train: Mapping[str, Any], device: torch.device) -> None:
     """Reject flag combinations that cannot run, saying what to change."""
-    if bool(_get(train, "cuda_graphs", False)) and device.type != "cuda":
+    if bool(train_setting(train, "cuda_graphs", False)) and device.type != "cuda":
         raise ConfigError(f"train.cuda_graphs=true needs a CUDA device, but the run is on {device}; "
                           "set train.cuda_graphs=false (or train.compile=true for a compiled CPU path)")
-    backend = str(_get(train, "compile_backend", "inductor"))
-    if bool(_get(train, "cuda_graphs", False)) and backend != "inductor":
+    backend = str(train_setting(train, "compile_backend", "inductor"))
+    if bool(train_setting(train, "cuda_graphs", False)) and backend != "inductor":
         raise ConfigError(f"train.cuda_graphs=true uses torch.compile(mode='reduce-overhead'), which needs "
                           f"train.compile_backend=inductor, not {backend!r}")
 
 
 def compile_settings(train: Mapping[str, Any]) -> dict[str, Any] | None:
     """Keyword arguments for ``torch.compile``, or None when neither compile nor CUDA graphs is on."""
-    graphs = bool(_get(train, "cuda_graphs", False))
-    if not (graphs or bool(_get(train, "compile", False))):
+    graphs = bool(train_setting(train, "cuda_graphs", False))
+    if not (graphs or bool(train_setting(train, "compile", False))):
         return None
-    settings: dict[str, Any] = {"backend": str(_get(train, "compile_backend", "inductor"))}
+    settings: dict[str, Any] = {"backend": str(train_setting(train, "compile_backend", "inductor"))}
     if graphs:
         settings["mode"] = "reduce-overhead"  # inductor + CUDA graph trees (one graph per input shape)
     return settings
@@ -77,7 +78,7 @@ def compile_settings(train: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def prepare_model(model: nn.Module, train: Mapping[str, Any], device: torch.device) -> nn.Module:
     """Apply ``channels_last`` and ``compile``/``cuda_graphs`` to a freshly built model (in place)."""
-    if bool(_get(train, "channels_last", False)):
+    if bool(train_setting(train, "channels_last", False)):
         model = model.to(memory_format=torch.channels_last)
     settings = compile_settings(train)
     if settings is not None:
@@ -114,24 +115,32 @@ def no_tf32() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def eager_fp32(model: nn.Module, device_type: str) -> Iterator[None]:
-    """Run ``model`` eagerly (ignoring its torch.compile / CUDA-graph wrapper), without autocast and
-    without TF32 (:func:`no_tf32`).
-
-    Used by the meta-learning passes of ``engine/virtual.py``: double backward cannot go through a
-    compiled graph, and the hypergradients (lr x second-order products) stay in fp32.
-    """
+def fp32(device_type: str) -> Iterator[None]:
+    """Neither autocast nor TF32 (:func:`no_tf32`) inside the block: the meta passes' precision,
+    eager (:func:`eager_fp32`) or compiled (``engine/meta_step.py``)."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(no_tf32())
-        if is_compiled(model):
-            stack.enter_context(torch.compiler.set_stance("force_eager"))
         if _autocast_enabled(device_type):
             stack.enter_context(torch.autocast(device_type, enabled=False))
         yield
 
 
+@contextlib.contextmanager
+def eager_fp32(model: nn.Module, device_type: str) -> Iterator[None]:
+    """Run ``model`` eagerly (ignoring its torch.compile / CUDA-graph wrapper) in :func:`fp32`.
+
+    Used by the meta-learning passes of ``engine/virtual.py``: double backward cannot go through a
+    compiled graph, and the hypergradients (lr x second-order products) stay in fp32.
+    """
+    with contextlib.ExitStack() as stack:
+        if is_compiled(model):
+            stack.enter_context(torch.compiler.set_stance("force_eager"))
+        stack.enter_context(fp32(device_type))
+        yield
+
+
 def train_autocast(train: Mapping[str, Any], device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast for the training step when ``train.bf16`` is on, else a no-op context."""
-    if bool(_get(train, "bf16", False)):
+    if bool(train_setting(train, "bf16", False)):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

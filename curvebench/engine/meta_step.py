@@ -65,7 +65,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad, grad_and_value
 
-from curvebench.engine.fastpath import _autocast_enabled, _get, no_tf32
+from curvebench.engine.fastpath import fp32, train_setting
 from curvebench.engine.virtual import FunctionalModel, SGDRule, sgd_rule_step
 
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
@@ -128,9 +128,9 @@ def use_persistent_inductor_cache() -> Path:
 
 def meta_compile_options(train: Mapping[str, Any] | Any) -> dict[str, Any] | None:
     """``torch.compile`` keyword arguments for the meta step, or None when ``train.compile_meta`` is off."""
-    if not bool(_get(train, "compile_meta", False)):
+    if not bool(train_setting(train, "compile_meta", False)):
         return None
-    return {"backend": str(_get(train, "compile_backend", "inductor")), "fullgraph": True, "dynamic": False}
+    return {"backend": str(train_setting(train, "compile_backend", "inductor")), "fullgraph": True, "dynamic": False}
 
 
 def _pure_meta_step(model: nn.Module, meta_net: nn.Module, problem: MetaProblem, rule: SGDRule,
@@ -196,11 +196,7 @@ class MetaStep:
 
     @contextlib.contextmanager
     def _fp32(self, device_type: str) -> Iterator[None]:
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(no_tf32())
-            stack.enter_context(self.fm.frozen_in_eval())
-            if _autocast_enabled(device_type):
-                stack.enter_context(torch.autocast(device_type, enabled=False))
+        with fp32(device_type), self.fm.frozen_in_eval():
             yield
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, meta_x: torch.Tensor, meta_y: torch.Tensor, rule: SGDRule,

@@ -86,22 +86,11 @@ def size_for(device: torch.device) -> CheckSize:
     return FULL if device.type == "cuda" else REDUCED
 
 
-def train_keys() -> set[str]:
-    from curvebench.config import compose_config
-
-    return set(compose_config([]).train)
-
-
-def mode_overrides(mode: str, meta: bool, device: torch.device, size: CheckSize, keys: set[str]
-                   ) -> tuple[str, ...] | str:
+def mode_overrides(mode: str, meta: bool, device: torch.device, size: CheckSize) -> tuple[str, ...] | str:
     """The overrides of ``mode`` for the CE (``meta=False``) or the meta step, or why it cannot run."""
     if mode == "graphed" and device.type != "cuda":
         return NA
-    overrides = MODE_OVERRIDES[mode][meta]
-    missing = [o.split("=")[0] for o in overrides if o.split("=")[0].removeprefix("train.") not in keys]
-    if missing:
-        return f"{NOT_AVAILABLE} ({', '.join(missing)} is not a config key in this version)"
-    return (*overrides, *(size.compile_overrides if mode != "eager" else ()))
+    return (*MODE_OVERRIDES[mode][meta], *(size.compile_overrides if mode != "eager" else ()))
 
 
 # -- sections -----------------------------------------------------------------------------------
@@ -134,7 +123,7 @@ def smoke_section(device: torch.device, size: CheckSize, log: Callable[[str], No
     return {"methods": methods, "wall_s": time.perf_counter() - t0, "subset": expected, "failures": failures}
 
 
-def _time_mode(mode: str, device: torch.device, size: CheckSize, data: Any, workdir: Path, keys: set[str],
+def _time_mode(mode: str, device: torch.device, size: CheckSize, data: Any, workdir: Path,
                log: Callable[[str], None]) -> dict[str, Any]:
     """CE and the meta step at each SL in ``mode``, timed in interleaved rounds; per case its ms/step
     and first-steps time (compilation), per SL its ratio to the CE step of the same rounds."""
@@ -143,8 +132,8 @@ def _time_mode(mode: str, device: torch.device, size: CheckSize, data: Any, work
 
     out: dict[str, Any] = {"cases": {}}
     cases: list[MethodCase] = []
-    plans: list[tuple[str, str, tuple[str, ...] | str]] = [("ce", "ce", mode_overrides(mode, False, device, size, keys))]
-    meta_over = mode_overrides(mode, True, device, size, keys)
+    plans: list[tuple[str, str, tuple[str, ...] | str]] = [("ce", "ce", mode_overrides(mode, False, device, size))]
+    meta_over = mode_overrides(mode, True, device, size)
     plans += [(f"SL{sl}", META_METHOD, meta_over if isinstance(meta_over, str) else (*meta_over, f"method.slmo={sl}"))
               for sl in SLS]
     clock = Clock(device)
@@ -188,14 +177,13 @@ def steps_section(device: torch.device, size: CheckSize, log: Callable[[str], No
     from curvebench.perf.bench import scratch_dir
     from curvebench.perf.synthetic import synthetic_data
 
-    keys = train_keys()
     data = synthetic_data(device, n_train=size.train_size, n_meta=size.meta_size, n_test=size.test_size)
     modes: dict[str, Any] = {}
     with scratch_dir() as wd:
         for mode in MODES:
             log(f"steps: {mode}")
             try:
-                modes[mode] = _time_mode(mode, device, size, data, wd, keys, log)
+                modes[mode] = _time_mode(mode, device, size, data, wd, log)
             finally:
                 import torch._dynamo
 
